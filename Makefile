@@ -1,0 +1,42 @@
+# The two commands a new user needs: `make run` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+HOST ?= 127.0.0.1
+PORT ?= 8080
+
+.PHONY: install run test lint format bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/install-system-packages.sh
+	scripts/install-system-packages.sh
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+run: install
+	@echo "Create an API key in another shell with:"
+	@echo "  $(BIN)/vers-orchestrator keys create --org my-org --user me"
+	$(BIN)/vers-orchestrator serve --host $(HOST) --port $(PORT)
+
+# The whole suite, on SQLite and on PostgreSQL (started here if it is not running).
+test: install
+	VERS_ORCHESTRATOR_TEST_POSTGRES_URL="$${VERS_ORCHESTRATOR_TEST_POSTGRES_URL:-$$(scripts/ensure-postgres.sh)}" \
+		$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench
+	$(BIN)/mypy
+
+format: install
+	$(BIN)/ruff format src tests bench
+	$(BIN)/ruff check --fix src tests bench
+
+bench: install
+	bench/run.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info

@@ -1,0 +1,88 @@
+"""The error family. Services raise these; `api.errors` renders every one the same way.
+
+Texts of errors the hosted service also produces are kept verbatim (lowercase), so
+clients that match on them keep working.
+"""
+
+from __future__ import annotations
+
+
+class VersError(Exception):
+    status_code: int = 500
+    message: str = "internal server error"
+
+    def __init__(self, message: str | None = None) -> None:
+        if message is not None:
+            self.message = message
+        super().__init__(self.message)
+
+
+# 400
+class BadRequest(VersError):
+    status_code = 400
+
+
+class InvalidRepositoryName(BadRequest):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid repository name: {reason}")
+
+
+class InvalidField(BadRequest):
+    """A string field breaks a rule that holds for every field (length, NUL)."""
+
+
+# 401
+class Unauthorized(VersError):
+    status_code = 401
+
+
+class MissingCredentials(Unauthorized):
+    message = "Missing or invalid Authorization header"
+
+
+class InvalidCredentials(Unauthorized):
+    message = "Invalid bearer token"
+
+
+# 404
+class NotFound(VersError):
+    status_code = 404
+    message = "not found"
+
+
+class RepositoryNotFound(NotFound):
+    message = "repository not found"
+
+
+# 409
+class Conflict(VersError):
+    status_code = 409
+
+
+class RepositoryAlreadyExists(Conflict):
+    message = "repository already exists"
+
+
+class RequestInProgress(Conflict):
+    message = "a request with this X-Idempotency-Key is still in progress"
+
+
+# 415
+class UnsupportedMediaType(VersError):
+    status_code = 415
+    message = "Expected request with `Content-Type: application/json`"
+
+
+# 422
+class Unprocessable(VersError):
+    status_code = 422
+
+
+class IdempotencyKeyReused(Unprocessable):
+    message = "X-Idempotency-Key was already used for a different request"
+
+
+# 500
+class InternalError(VersError):
+    status_code = 500
+    message = "internal server error"

@@ -1,0 +1,71 @@
+"""The one settings object, read from the environment by the CLI and passed down."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+ENV_PREFIX = "VERS_ORCHESTRATOR_"
+
+
+class SettingsError(ValueError):
+    """A setting in the environment has a value we cannot use."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("data")
+    # Empty means "a SQLite file inside data_dir"; see `effective_database_url`.
+    database_url: str = ""
+    log_level: str = "INFO"
+    # How long a verified API key is trusted without asking the database again.
+    # Revocations reach every replica within this many seconds; 0 disables the cache.
+    auth_cache_seconds: float = 5.0
+    max_body_bytes: int = 1024 * 1024
+    idempotency_ttl_seconds: int = 24 * 3600
+    postgres_pool_size: int = 16
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> str | None:
+            value = env.get(ENV_PREFIX + name)
+            return value if value not in (None, "") else None
+
+        defaults = cls()
+        try:
+            return cls(
+                data_dir=Path(get("DATA_DIR") or defaults.data_dir),
+                database_url=get("DATABASE_URL") or "",
+                log_level=(get("LOG_LEVEL") or defaults.log_level).upper(),
+                auth_cache_seconds=float(
+                    get("AUTH_CACHE_SECONDS") or defaults.auth_cache_seconds
+                ),
+                max_body_bytes=int(get("MAX_BODY_BYTES") or defaults.max_body_bytes),
+                idempotency_ttl_seconds=int(
+                    get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds
+                ),
+                postgres_pool_size=int(
+                    get("POSTGRES_POOL_SIZE") or defaults.postgres_pool_size
+                ),
+            )
+        except ValueError as exc:
+            raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc
+
+    @property
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'orchestrator.sqlite3').resolve()}"
+
+    @property
+    def sqlite_path(self) -> Path | None:
+        url = self.effective_database_url
+        return Path(url[len("sqlite:///") :]) if url.startswith("sqlite:///") else None
+
+    @property
+    def uses_postgres(self) -> bool:
+        return self.effective_database_url.startswith(("postgresql://", "postgres://"))

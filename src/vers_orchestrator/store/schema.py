@@ -1,0 +1,88 @@
+"""The schema, described once with SQLAlchemy Core.
+
+Nothing here runs queries: Alembic migrates the database to match these tables, and a
+test checks that the migrations and this description agree. Queries live beside it in
+`store/`, written by hand.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+# UUIDs are native on PostgreSQL and hyphenated text on SQLite.
+Id = sa.Uuid(as_uuid=False).with_variant(sa.String(36), "sqlite")
+# Names sort byte-wise everywhere, as SQLite's default BINARY collation does.
+Name = sa.Text().with_variant(sa.Text(collation="C"), "postgresql")
+Timestamp = sa.DateTime(timezone=True)
+
+organizations = sa.Table(
+    "organizations",
+    metadata,
+    sa.Column("org_id", Id, primary_key=True),
+    sa.Column("name", Name, nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+)
+# Organization names appear in public paths and are unique whatever their case.
+sa.Index("ix_organizations_name_ci", sa.func.lower(organizations.c.name), unique=True)
+
+users = sa.Table(
+    "users",
+    metadata,
+    sa.Column("user_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("user_name", Name, nullable=False),
+    sa.Column("email", sa.Text(), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "user_name", name="unique_user_per_org"),
+)
+
+api_keys = sa.Table(
+    "api_keys",
+    metadata,
+    sa.Column("api_key_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("user_id", Id, sa.ForeignKey("users.user_id"), nullable=False),
+    sa.Column("label", sa.Text(), nullable=True),
+    # SHA-256 of the 64-hex-digit secret; the secret itself is never stored.
+    sa.Column("secret_hash", sa.String(64), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("expires_at", Timestamp, nullable=True),
+    sa.Column("revoked_at", Timestamp, nullable=True),
+    sa.Column("max_vcpus", sa.Integer(), nullable=True),
+    sa.Column("max_memory_mib", sa.Integer(), nullable=True),
+    sa.Index("ix_api_keys_org_id", "org_id"),
+)
+
+repositories = sa.Table(
+    "repositories",
+    metadata,
+    sa.Column("repo_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("name", Name, nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("is_public", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "name", name="unique_repo_per_org"),
+)
+
+idempotency_records = sa.Table(
+    "idempotency_records",
+    metadata,
+    sa.Column(
+        "api_key_id",
+        Id,
+        sa.ForeignKey("api_keys.api_key_id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column("idempotency_key", sa.Text(), primary_key=True),
+    sa.Column("request_hash", sa.String(64), nullable=False),
+    # NULL while the first request is still running.
+    sa.Column("status_code", sa.Integer(), nullable=True),
+    sa.Column("content_type", sa.Text(), nullable=True),
+    sa.Column("response_body", sa.LargeBinary(), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Index("ix_idempotency_records_created_at", "created_at"),
+)
