@@ -31,6 +31,10 @@ class InvalidField(BadRequest):
     """A string field breaks a rule that holds for every field (length, NUL)."""
 
 
+class InvalidIdempotencyKey(BadRequest):
+    message = "X-Idempotency-Key must be 1-255 printable ASCII characters"
+
+
 # 401
 class Unauthorized(VersError):
     status_code = 401
@@ -65,6 +69,12 @@ class RepositoryAlreadyExists(Conflict):
 
 class RequestInProgress(Conflict):
     message = "a request with this X-Idempotency-Key is still in progress"
+
+
+# 413
+class PayloadTooLarge(VersError):
+    status_code = 413
+    message = "request body is too large"
 
 
 # 415

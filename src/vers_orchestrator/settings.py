@@ -41,16 +41,12 @@ class Settings:
                 data_dir=Path(get("DATA_DIR") or defaults.data_dir),
                 database_url=get("DATABASE_URL") or "",
                 log_level=(get("LOG_LEVEL") or defaults.log_level).upper(),
-                auth_cache_seconds=float(
-                    get("AUTH_CACHE_SECONDS") or defaults.auth_cache_seconds
-                ),
+                auth_cache_seconds=float(get("AUTH_CACHE_SECONDS") or defaults.auth_cache_seconds),
                 max_body_bytes=int(get("MAX_BODY_BYTES") or defaults.max_body_bytes),
                 idempotency_ttl_seconds=int(
                     get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds
                 ),
-                postgres_pool_size=int(
-                    get("POSTGRES_POOL_SIZE") or defaults.postgres_pool_size
-                ),
+                postgres_pool_size=int(get("POSTGRES_POOL_SIZE") or defaults.postgres_pool_size),
             )
         except ValueError as exc:
             raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc

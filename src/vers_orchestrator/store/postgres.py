@@ -26,7 +26,7 @@ def _unique_violations() -> Iterator[None]:
 class PostgresTx:
     __slots__ = ("_conn",)
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection | asyncpg.pool.PoolConnectionProxy) -> None:
         self._conn = conn
 
     async def fetch_one(self, sql: str, *args: Any) -> Row | None:

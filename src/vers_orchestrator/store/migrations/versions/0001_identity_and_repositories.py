@@ -77,9 +77,7 @@ def upgrade() -> None:
         sa.Column("response_body", sa.LargeBinary(), nullable=True),
         sa.Column("created_at", Timestamp, nullable=False),
     )
-    op.create_index(
-        "ix_idempotency_records_created_at", "idempotency_records", ["created_at"]
-    )
+    op.create_index("ix_idempotency_records_created_at", "idempotency_records", ["created_at"])
 
 
 def downgrade() -> None:

@@ -1,0 +1,233 @@
+"""Cross-cutting request handling, done once for every route.
+
+`RequestContextMiddleware` wraps the whole application: request id and access log, for
+every request including unknown paths. `ApiMiddleware` runs on matched routes only, in
+this order, each step before the body is even read:
+1. authentication (401 whatever the body), unless the route is marked public;
+2. the JSON content type of routes that take a body (415);
+3. `X-Idempotency-Key` replay for mutating methods.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from litestar.enums import ScopeType
+from litestar.middleware import ASGIMiddleware
+from litestar.types import ASGIApp, Receive, Scope, Send
+
+from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
+from vers_orchestrator.errors import PayloadTooLarge, UnsupportedMediaType
+from vers_orchestrator.services import idempotency
+
+access_log = logging.getLogger("vers_orchestrator.access")
+
+# Litestar types ASGI messages as TypedDict unions that mypy cannot narrow by their
+# "type" key; the functions below build and inspect raw messages as plain dicts.
+Message = dict[str, Any]
+RawReceive = Callable[[], Awaitable[Message]]
+RawSend = Callable[[Message], Awaitable[None]]
+RawApp = Callable[[Any, RawReceive, RawSend], Awaitable[None]]
+
+PUBLIC = "public"  # handler opt: no authentication
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+_MAX_REQUEST_ID = 256
+
+
+def _header(scope: Scope, name: bytes) -> bytes | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return value
+    return None
+
+
+def _caller_request_id(scope: Scope) -> str | None:
+    for name in (b"x-request-id", b"x-operation-id"):
+        value = _header(scope, name)
+        if value and len(value) <= _MAX_REQUEST_ID and all(0x20 < b < 0x7F for b in value):
+            return value.decode("ascii")
+    return None
+
+
+class RequestContextMiddleware:
+    """Outermost layer: every response carries `X-Request-Id`; every request is logged."""
+
+    def __init__(self, app: Any) -> None:
+        self._app: RawApp = app
+
+    async def __call__(self, scope: Any, receive: RawReceive, send: RawSend) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        context = RequestContext(_caller_request_id(scope) or str(uuid.uuid4()))
+        scope[CONTEXT_KEY] = context
+        request_id_header = (b"x-request-id", context.request_id.encode("ascii"))
+        status = 500
+
+        async def send_with_request_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), request_id_header]
+            await send(message)
+
+        try:
+            await self._app(scope, receive, send_with_request_id)
+        finally:
+            access_log.info(
+                "request_id=%s method=%s path=%s status=%d duration_ms=%.2f key_id=%s",
+                context.request_id,
+                scope["method"],
+                scope["path"],
+                status,
+                (time.perf_counter() - started) * 1000,
+                context.api_key_id or "-",
+            )
+
+
+class ApiMiddleware(ASGIMiddleware):
+    scopes = (ScopeType.HTTP,)
+
+    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+        runtime: Runtime = scope["litestar_app"].state[RUNTIME_KEY]
+        handler = scope["route_handler"]
+        principal = None
+        if not handler.opt.get(PUBLIC):
+            principal = await runtime.authenticator.authenticate(
+                (_header(scope, b"authorization") or b"").decode("latin-1")
+            )
+            scope["auth"] = principal
+            context: RequestContext | None = scope.get(CONTEXT_KEY)  # type: ignore[assignment]
+            if context is not None:
+                context.api_key_id = principal.api_key_id
+        if "data" in handler.parsed_fn_signature.parameters:
+            _require_json(scope, handler.parsed_fn_signature.parameters["data"].has_default)
+        idempotency_key = _header(scope, b"x-idempotency-key")
+        method: str = scope["method"]  # type: ignore[typeddict-item]  # HTTP scopes only
+        if principal is None or idempotency_key is None or method not in MUTATING_METHODS:
+            await next_app(scope, receive, send)
+            return
+        await _run_idempotently(
+            runtime,
+            principal.api_key_id,
+            idempotency_key.decode("latin-1"),
+            scope,
+            receive,  # type: ignore[arg-type]
+            send,  # type: ignore[arg-type]
+            next_app,  # type: ignore[arg-type]
+        )
+
+
+def _require_json(scope: Scope, body_optional: bool) -> None:
+    content_type = _header(scope, b"content-type")
+    if content_type is not None:
+        media_type = content_type.split(b";", 1)[0].strip().lower()
+        if media_type == b"application/json":
+            return
+    has_body = (_header(scope, b"content-length") or b"0") != b"0" or (
+        _header(scope, b"transfer-encoding") is not None
+    )
+    if has_body or not body_optional:
+        raise UnsupportedMediaType()
+
+
+async def _read_body(receive: RawReceive, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+async def _run_idempotently(
+    runtime: Runtime,
+    api_key_id: str,
+    key: str,
+    scope: Any,
+    receive: RawReceive,
+    send: RawSend,
+    next_app: RawApp,
+) -> None:
+    settings = runtime.settings
+    body = await _read_body(receive, settings.max_body_bytes)
+    request_hash = idempotency.fingerprint(
+        scope["method"], scope["path"], scope.get("query_string", b""), body
+    )
+    ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
+    stored = await idempotency.begin(runtime.db, api_key_id, key, request_hash, ttl)
+    if stored is not None:
+        headers = [
+            (b"idempotent-replayed", b"true"),
+            (b"content-length", str(len(stored.body)).encode("ascii")),
+        ]
+        if stored.content_type:
+            headers.append((b"content-type", stored.content_type.encode("latin-1")))
+        await send(
+            {"type": "http.response.start", "status": stored.status_code, "headers": headers}
+        )
+        await send({"type": "http.response.body", "body": stored.body})
+        return
+
+    body_sent = False
+
+    async def replay_body() -> Message:
+        nonlocal body_sent
+        if body_sent:
+            return await receive()
+        body_sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    # The response is held back until it is stored: once a client has seen it, a retry
+    # must replay it, not run again.
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def capture(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+        elif message["type"] == "http.response.body":
+            chunks.append(message.get("body", b""))
+        else:
+            await send(message)
+
+    try:
+        await next_app(scope, replay_body, capture)
+    except BaseException:
+        await idempotency.abandon(runtime.db, api_key_id, key)
+        raise
+    if start is None:
+        await idempotency.abandon(runtime.db, api_key_id, key)
+        return
+    response_body = b"".join(chunks)
+    status = start["status"]
+    if status >= 500:
+        await idempotency.abandon(runtime.db, api_key_id, key)
+    else:
+        content_type = None
+        for name, value in start.get("headers", ()):
+            if name.lower() == b"content-type":
+                content_type = value.decode("latin-1")
+        await idempotency.finish(
+            runtime.db,
+            api_key_id,
+            key,
+            idempotency.StoredResponse(status, content_type, response_body),
+        )
+    await send(start)
+    await send({"type": "http.response.body", "body": response_body})

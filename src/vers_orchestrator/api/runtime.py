@@ -1,0 +1,45 @@
+"""What request handlers reach: opened in the app's lifespan, one per process."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from litestar import Request
+
+from vers_orchestrator.auth import Principal
+from vers_orchestrator.services.keys import Authenticator
+from vers_orchestrator.settings import Settings
+from vers_orchestrator.store.database import Database
+
+AnyRequest = Request[Any, Any, Any]
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    db: Database
+    authenticator: Authenticator
+
+
+@dataclass(slots=True)
+class RequestContext:
+    """Per-request facts the access log needs; set by the outermost middleware."""
+
+    request_id: str
+    api_key_id: str | None = None
+
+
+RUNTIME_KEY = "vers.runtime"
+CONTEXT_KEY = "vers.context"
+
+
+def runtime(request: AnyRequest) -> Runtime:
+    value: Runtime = request.app.state[RUNTIME_KEY]
+    return value
+
+
+def principal(request: AnyRequest) -> Principal:
+    """The authenticated caller; the auth middleware has run for every non-public route."""
+    value: Principal = request.scope["auth"]
+    return value

@@ -1,0 +1,84 @@
+"""`create_app(settings)`: the ASGI application, with its store opened in the lifespan."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+from litestar import Litestar
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import SwaggerRenderPlugin
+from litestar.openapi.spec import Components, SecurityScheme
+
+from vers_orchestrator import __version__
+from vers_orchestrator.api import openapi, repositories
+from vers_orchestrator.api.errors import EXCEPTION_HANDLERS
+from vers_orchestrator.api.middleware import ApiMiddleware, RequestContextMiddleware
+from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
+from vers_orchestrator.services import idempotency
+from vers_orchestrator.services.keys import Authenticator
+from vers_orchestrator.settings import Settings
+from vers_orchestrator.store.connect import open_database
+from vers_orchestrator.store.database import Database
+
+log = logging.getLogger("vers_orchestrator")
+
+IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 3600
+
+
+async def _purge_idempotency_records(db: Database, ttl: timedelta) -> None:
+    while True:
+        try:
+            removed = await idempotency.purge_expired(db, ttl)
+            if removed:
+                log.info("purged %d expired idempotency records", removed)
+        except Exception:
+            log.exception("purging expired idempotency records failed")
+        await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_SECONDS)
+
+
+def create_app(settings: Settings) -> RequestContextMiddleware:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        db = await open_database(settings)
+        app.state[RUNTIME_KEY] = Runtime(
+            settings=settings,
+            db=db,
+            authenticator=Authenticator(db, settings.auth_cache_seconds),
+        )
+        purge = asyncio.create_task(
+            _purge_idempotency_records(db, timedelta(seconds=settings.idempotency_ttl_seconds))
+        )
+        try:
+            yield
+        finally:
+            purge.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purge
+            await db.close()
+
+    app = Litestar(
+        route_handlers=[repositories.create_repository, openapi.openapi_document],
+        middleware=[ApiMiddleware()],
+        exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
+        lifespan=[lifespan],
+        request_max_body_size=settings.max_body_bytes,
+        logging_config=None,
+        openapi_config=OpenAPIConfig(
+            title="Orchestrator Control Plane API",
+            version=__version__,
+            path="/docs",
+            render_plugins=[SwaggerRenderPlugin(path="/")],
+            components=Components(
+                security_schemes={
+                    "bearer_auth": SecurityScheme(
+                        type="http", scheme="bearer", bearer_format="Token"
+                    )
+                }
+            ),
+        ),
+    )
+    return RequestContextMiddleware(app)

@@ -1,0 +1,29 @@
+"""Repository wire models, named and shaped as the upstream OpenAPI components."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import msgspec
+
+
+class CreateRepositoryRequest(msgspec.Struct):
+    """Request body for POST /api/v1/repositories"""
+
+    name: Annotated[
+        str,
+        msgspec.Meta(
+            description="The name of the repository (alphanumeric, hyphens, underscores,"
+            " dots, 1-64 chars)"
+        ),
+    ]
+    description: Annotated[
+        str | None, msgspec.Meta(description="Optional description of the repository")
+    ] = None
+
+
+class CreateRepositoryResponse(msgspec.Struct):
+    """Response body for POST /api/v1/repositories"""
+
+    repo_id: Annotated[str, msgspec.Meta(description="The ID of the newly created repository")]
+    name: Annotated[str, msgspec.Meta(description="The name of the repository")]
