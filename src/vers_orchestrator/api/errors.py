@@ -14,6 +14,7 @@ from litestar.exceptions import (
     HTTPException,
     MethodNotAllowedException,
     NotFoundException,
+    SerializationException,
     ValidationException,
 )
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
@@ -70,11 +71,11 @@ def handle_http_exception(request: AnyRequest, exc: HTTPException) -> Response[b
         status_code, message = 405, f"method {request.method} not allowed here"
     elif exc.status_code == HTTP_413_REQUEST_ENTITY_TOO_LARGE:
         status_code, message = 413, "request body is too large"
-    elif exc.status_code == 400 and exc.detail.startswith("JSON is malformed"):
+    elif isinstance(exc.__cause__, SerializationException):
+        # Litestar wraps msgspec's decode error of the body: not JSON at all.
         status_code = 400
-        message = "Failed to parse the request body as JSON: " + exc.detail.removeprefix(
-            "JSON is malformed: "
-        )
+        detail = exc.detail.removeprefix("JSON is malformed: ")
+        message = f"Failed to parse the request body as JSON: {detail[:1].lower()}{detail[1:]}"
     elif exc.status_code >= 500:
         return handle_unexpected(request, exc)
     else:

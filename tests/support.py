@@ -1,0 +1,197 @@
+"""Real servers, real databases and real clients for the tests: no mocks anywhere.
+
+`Server` runs `vers-orchestrator serve` as a subprocess on a free port; `Backend` gives
+each one a database of its own (a SQLite file, or a fresh PostgreSQL database). Factories
+are plain functions (`make_key`, `unique_name`) so each test shows the data it uses.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import asyncpg
+import httpx
+from vers_sdk import VersSdkClient
+
+T = TypeVar("T")
+
+VERS_ORCHESTRATOR = str(Path(sys.executable).parent / "vers-orchestrator")
+POSTGRES_URL_VARIABLE = "VERS_ORCHESTRATOR_TEST_POSTGRES_URL"
+SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+
+
+def unique_name(prefix: str = "repo") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One database for one server (or several servers sharing it, like replicas)."""
+
+    kind: str  # "sqlite" or "postgresql"
+    env: dict[str, str]
+    _drop: Callable[[], None] | None = None
+
+    @classmethod
+    def create(cls, kind: str, directory: Path) -> Backend:
+        directory.mkdir(parents=True, exist_ok=True)
+        env = {
+            **os.environ,
+            "VERS_ORCHESTRATOR_DATA_DIR": str(directory / "data"),
+            "VERS_ORCHESTRATOR_LOG_LEVEL": "INFO",
+        }
+        env.pop("VERS_ORCHESTRATOR_DATABASE_URL", None)
+        if kind == "sqlite":
+            return cls(kind, env)
+        admin_url = os.environ[POSTGRES_URL_VARIABLE]
+        database = f"vers_test_{uuid.uuid4().hex[:16]}"
+        _postgres_admin(admin_url, f'CREATE DATABASE "{database}"')
+        env["VERS_ORCHESTRATOR_DATABASE_URL"] = admin_url.rsplit("/", 1)[0] + "/" + database
+        return cls(
+            kind,
+            env,
+            lambda: _postgres_admin(admin_url, f'DROP DATABASE "{database}" WITH (FORCE)'),
+        )
+
+    def drop(self) -> None:
+        if self._drop is not None:
+            self._drop()
+
+    def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        result = subprocess.run(
+            [VERS_ORCHESTRATOR, *args],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"{args} failed ({result.returncode}): {result.stderr}")
+        return result
+
+
+def _postgres_admin(url: str, statement: str) -> None:
+    async def run() -> None:
+        connection = await asyncpg.connect(url)
+        try:
+            await connection.execute(statement)
+        finally:
+            await connection.close()
+
+    asyncio.run(run())
+
+
+class Server:
+    """`vers-orchestrator serve` in a subprocess, with its log in a file."""
+
+    def __init__(self, backend: Backend, log_path: Path) -> None:
+        self.backend = backend
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+        self.base_url = ""
+
+    def start(self, timeout: float = 60) -> Server:
+        log = self.log_path.open("ab")
+        offset = self.log_path.stat().st_size
+        self.process = subprocess.Popen(
+            [VERS_ORCHESTRATOR, "serve", "--host", "127.0.0.1", "--port", "0"],
+            env=self.backend.env,
+            stdout=log,
+            stderr=log,
+        )
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(r"listening on (http://\S+)", self.log_path.read_text()[offset:])
+            if found:
+                self.base_url = found.group(1)
+                break
+            if self.process.poll() is not None:
+                raise AssertionError(f"server exited early:\n{self.log_text()}")
+            time.sleep(0.05)
+        else:
+            raise AssertionError(f"server did not start:\n{self.log_text()}")
+        # Startup (lifespan) completes before the first request is answered.
+        with httpx.Client(base_url=self.base_url, timeout=30) as client:
+            client.get("/openapi.json").raise_for_status()
+        return self
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout=timeout)
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def client(self, token: str | None = None, **headers: str) -> httpx.Client:
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+
+@dataclass(frozen=True)
+class Key:
+    token: str
+    api_key_id: str
+    org_id: str
+    org_name: str
+    user_id: str
+
+
+def make_key(backend: Backend, org: str | None = None, user: str | None = None) -> Key:
+    """A new API key through the real CLI; a new organization unless `org` is given."""
+    created = json.loads(
+        backend.cli(
+            "keys",
+            "create",
+            "--org",
+            org or unique_name("org"),
+            "--user",
+            user or unique_name("user"),
+            "--format",
+            "json",
+        ).stdout
+    )
+    return Key(
+        token=created["api_key"],
+        api_key_id=created["api_key_id"],
+        org_id=created["org_id"],
+        org_name=created["org_name"],
+        user_id=created["user_id"],
+    )
+
+
+def sdk_call(
+    server: Server,
+    token: str | None,
+    call: Callable[[VersSdkClient], Awaitable[T]],
+    **client_options: Any,
+) -> T:
+    """Run one call of the official async SDK, unchanged, against `server`."""
+
+    async def run() -> T:
+        async with VersSdkClient(
+            base_url=server.base_url, api_key=token, **client_options
+        ) as client:
+            return await call(client)
+
+    return asyncio.run(run())
+
+
+def error(message: str) -> dict[str, Any]:
+    return {"success": False, "error": message}
