@@ -93,6 +93,8 @@ class RequestContextMiddleware:
 
 class ApiMiddleware(ASGIMiddleware):
     scopes = (ScopeType.HTTP,)
+    # The interactive docs are public, like the document they render.
+    exclude_path_pattern = ("^/docs",)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
         runtime: Runtime = scope["litestar_app"].state[RUNTIME_KEY]

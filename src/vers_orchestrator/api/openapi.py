@@ -17,7 +17,9 @@ BEARER_AUTH: list[dict[str, list[str]]] = [{"bearer_auth": []}]
 
 def error_responses(descriptions: Mapping[int, str]) -> dict[int, ResponseSpec]:
     return {
-        status: ResponseSpec(data_container=ErrorResponse, description=description)
+        status: ResponseSpec(
+            data_container=ErrorResponse, description=description, generate_examples=False
+        )
         for status, description in descriptions.items()
     }
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
 
 
+def uuid_field(description: str) -> msgspec.Meta:
+    """A UUID carried as text; documented with `format: uuid` as upstream does."""
+    return msgspec.Meta(description=description, extra_json_schema={"extra": {"format": "uuid"}})
+
+
 class ErrorResponse(msgspec.Struct):
-    success: bool
-    """Is always: false"""
-    error: str
-    """Reason of error"""
+    success: Annotated[bool, msgspec.Meta(description="Is always: false")]
+    error: Annotated[str, msgspec.Meta(description="Reason of error")]

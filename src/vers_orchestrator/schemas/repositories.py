@@ -6,6 +6,8 @@ from typing import Annotated
 
 import msgspec
 
+from vers_orchestrator.schemas.common import uuid_field
+
 
 class CreateRepositoryRequest(msgspec.Struct):
     """Request body for POST /api/v1/repositories"""
@@ -25,5 +27,5 @@ class CreateRepositoryRequest(msgspec.Struct):
 class CreateRepositoryResponse(msgspec.Struct):
     """Response body for POST /api/v1/repositories"""
 
-    repo_id: Annotated[str, msgspec.Meta(description="The ID of the newly created repository")]
+    repo_id: Annotated[str, uuid_field("The ID of the newly created repository")]
     name: Annotated[str, msgspec.Meta(description="The name of the repository")]

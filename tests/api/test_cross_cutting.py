@@ -1,0 +1,161 @@
+"""What every route shares: error bodies, request ids, idempotent replays, access log."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from tests.support import Backend, Key, Server, error, make_key, unique_name
+
+PATH = "/api/v1/repositories"
+
+
+class TestFrameworkErrorsAreJson:
+    def test_unknown_path_is_404(self, server: Server) -> None:
+        with server.client() as client:
+            response = client.get("/api/v1/no-such-thing")
+        assert response.status_code == 404
+        assert response.headers["content-type"] == "application/json"
+        assert response.json() == error("no route for GET /api/v1/no-such-thing")
+
+    def test_wrong_method_is_405(self, server: Server, key: Key) -> None:
+        with server.client(key.token) as client:
+            response = client.put(PATH, json={"name": "x"})
+        assert response.status_code == 405
+        assert response.json() == error("method PUT not allowed here")
+
+
+class TestRequestId:
+    def test_generated_when_absent(self, server: Server) -> None:
+        with server.client() as client:
+            first = client.get("/nope").headers["x-request-id"]
+            second = client.get("/nope").headers["x-request-id"]
+        assert uuid.UUID(first).version == 4
+        assert first != second
+
+    @pytest.mark.parametrize("header", ["X-Request-Id", "X-Operation-Id"])
+    def test_caller_value_is_echoed(self, server: Server, key: Key, header: str) -> None:
+        with server.client(key.token, **{header: "trace-abc.123"}) as client:
+            response = client.post(PATH, json={"name": unique_name()})
+        assert response.status_code == 201
+        assert response.headers["x-request-id"] == "trace-abc.123"
+
+    @pytest.mark.parametrize("value", ["x" * 257, "has space", "tab\tinside"])
+    def test_unusable_value_is_replaced(self, server: Server, value: str) -> None:
+        with server.client(**{"X-Request-Id": value}) as client:
+            returned = client.get("/nope").headers["x-request-id"]
+        assert returned != value
+        assert uuid.UUID(returned).version == 4
+
+    def test_error_responses_carry_it_too(self, server: Server) -> None:
+        with server.client(**{"X-Request-Id": "req-401"}) as client:
+            response = client.post(PATH, json={"name": "x"})
+        assert response.status_code == 401
+        assert response.headers["x-request-id"] == "req-401"
+
+
+def post_with_key(server: Server, key: Key, idempotency_key: str, body: object) -> httpx.Response:
+    with server.client(key.token, **{"X-Idempotency-Key": idempotency_key}) as client:
+        return client.post(PATH, json=body)
+
+
+class TestIdempotentReplay:
+    def test_retry_replays_the_first_response(self, server: Server, key: Key) -> None:
+        idempotency_key = str(uuid.uuid4())
+        body = {"name": unique_name()}
+        first = post_with_key(server, key, idempotency_key, body)
+        retry = post_with_key(server, key, idempotency_key, body)
+        assert first.status_code == 201
+        assert "idempotent-replayed" not in first.headers
+        assert retry.status_code == 201
+        assert retry.headers["idempotent-replayed"] == "true"
+        assert retry.headers["content-type"] == "application/json"
+        assert retry.json() == first.json()
+
+    def test_replayed_errors_keep_their_status(self, server: Server, key: Key) -> None:
+        name = unique_name()
+        assert post_with_key(server, key, str(uuid.uuid4()), {"name": name}).status_code == 201
+        idempotency_key = str(uuid.uuid4())
+        first = post_with_key(server, key, idempotency_key, {"name": name})
+        retry = post_with_key(server, key, idempotency_key, {"name": name})
+        assert (first.status_code, retry.status_code) == (409, 409)
+        assert retry.json() == error("repository already exists")
+        assert retry.headers["idempotent-replayed"] == "true"
+
+    def test_same_key_with_another_body_is_422(self, server: Server, key: Key) -> None:
+        idempotency_key = str(uuid.uuid4())
+        assert (
+            post_with_key(server, key, idempotency_key, {"name": unique_name()}).status_code == 201
+        )
+        response = post_with_key(server, key, idempotency_key, {"name": unique_name()})
+        assert response.status_code == 422
+        assert response.json() == error(
+            "X-Idempotency-Key was already used for a different request"
+        )
+
+    def test_keys_are_scoped_per_api_key(self, server: Server, backend: Backend, key: Key) -> None:
+        colleague = make_key(backend, org=key.org_name)
+        idempotency_key = str(uuid.uuid4())
+        first = post_with_key(server, key, idempotency_key, {"name": unique_name()})
+        other = post_with_key(server, colleague, idempotency_key, {"name": unique_name()})
+        assert (first.status_code, other.status_code) == (201, 201)
+        assert "idempotent-replayed" not in other.headers
+
+    def test_concurrent_duplicates_run_once(self, server: Server, key: Key) -> None:
+        idempotency_key = str(uuid.uuid4())
+        body = {"name": unique_name()}
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            responses = list(
+                pool.map(lambda _: post_with_key(server, key, idempotency_key, body), range(8))
+            )
+        created = [r for r in responses if r.status_code == 201]
+        in_progress = [r for r in responses if r.status_code == 409]
+        assert len(created) + len(in_progress) == 8
+        assert {r.json()["repo_id"] for r in created} == {created[0].json()["repo_id"]}
+        for response in in_progress:
+            assert response.json() == error(
+                "a request with this X-Idempotency-Key is still in progress"
+            )
+
+    def test_overlong_key_is_400(self, server: Server, key: Key) -> None:
+        response = post_with_key(server, key, "k" * 256, {"name": unique_name()})
+        assert response.status_code == 400
+        assert response.json() == error(
+            "X-Idempotency-Key must be 1-255 printable ASCII characters"
+        )
+
+    def test_unauthenticated_requests_store_nothing(self, server: Server, key: Key) -> None:
+        idempotency_key = str(uuid.uuid4())
+        body = {"name": unique_name()}
+        with server.client(**{"X-Idempotency-Key": idempotency_key}) as client:
+            assert client.post(PATH, json=body).status_code == 401
+        assert post_with_key(server, key, idempotency_key, body).status_code == 201
+
+
+class TestAccessLog:
+    def test_one_line_per_request_without_the_key(self, server: Server, key: Key) -> None:
+        request_id = f"log-{uuid.uuid4()}"
+        with server.client(key.token, **{"X-Request-Id": request_id}) as client:
+            assert client.post(PATH, json={"name": unique_name()}).status_code == 201
+        lines = [line for line in server.log_text().splitlines() if request_id in line]
+        assert len(lines) == 1
+        assert re.search(
+            rf"request_id={request_id} method=POST path=/api/v1/repositories status=201"
+            rf" duration_ms=\d+\.\d\d key_id={key.api_key_id}$",
+            lines[0],
+        )
+        assert key.token[36:] not in server.log_text()
+
+    def test_unauthenticated_lines_have_no_key_id(self, server: Server) -> None:
+        request_id = f"log-{uuid.uuid4()}"
+        with server.client(**{"X-Request-Id": request_id}) as client:
+            client.get("/nope")
+        (line,) = [line for line in server.log_text().splitlines() if request_id in line]
+        assert line.endswith(
+            f"request_id={request_id} method=GET path=/nope status=404"
+            f" duration_ms={line.split('duration_ms=')[1].split()[0]} key_id=-"
+        )
