@@ -14,7 +14,15 @@ from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from vers_orchestrator import __version__
-from vers_orchestrator.api import openapi, repositories
+from vers_orchestrator.api import (
+    commit_tags,
+    commits,
+    identity,
+    openapi,
+    public,
+    repositories,
+    system,
+)
 from vers_orchestrator.api.errors import EXCEPTION_HANDLERS
 from vers_orchestrator.api.middleware import ApiMiddleware, RequestContextMiddleware
 from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
@@ -61,7 +69,37 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             await db.close()
 
     app = Litestar(
-        route_handlers=[repositories.create_repository, openapi.openapi_document],
+        route_handlers=[
+            repositories.create_repository,
+            repositories.list_repositories,
+            repositories.get_repository,
+            repositories.delete_repository,
+            repositories.set_repository_visibility,
+            repositories.list_repo_tags,
+            repositories.create_repo_tag,
+            repositories.get_repo_tag,
+            repositories.update_repo_tag,
+            repositories.delete_repo_tag,
+            public.list_public_repositories,
+            public.get_public_repository,
+            public.list_public_repo_tags,
+            public.get_public_repo_tag,
+            commit_tags.list_tags,
+            commit_tags.create_tag,
+            commit_tags.get_tag,
+            commit_tags.update_tag,
+            commit_tags.delete_tag,
+            commits.list_commits,
+            commits.list_public_commits,
+            commits.update_commit,
+            commits.delete_commit,
+            commits.list_parent_commits,
+            identity.whoami_handler,
+            identity.validate_key,
+            system.version_handler,
+            system.health,
+            openapi.openapi_document,
+        ],
         middleware=[ApiMiddleware()],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

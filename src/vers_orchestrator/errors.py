@@ -35,6 +35,20 @@ class InvalidIdempotencyKey(BadRequest):
     message = "X-Idempotency-Key must be 1-255 printable ASCII characters"
 
 
+class InvalidTagName(BadRequest):
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"invalid tag name: {reason}")
+
+
+class InvalidCommitId(BadRequest):
+    # The hosted service rejects a malformed path UUID with 400 "Invalid URL: …".
+    message = "Invalid URL: commit_id must be a UUID"
+
+
+class NoUpdatesProvided(BadRequest):
+    message = "no updates provided"
+
+
 # 401
 class Unauthorized(VersError):
     status_code = 401
@@ -48,6 +62,12 @@ class InvalidCredentials(Unauthorized):
     message = "Invalid bearer token"
 
 
+# 403: only for things the caller may know exist (its organization's, or public ones).
+class Forbidden(VersError):
+    status_code = 403
+    message = "forbidden"
+
+
 # 404
 class NotFound(VersError):
     status_code = 404
@@ -58,6 +78,14 @@ class RepositoryNotFound(NotFound):
     message = "repository not found"
 
 
+class TagNotFound(NotFound):
+    message = "tag not found"
+
+
+class CommitNotFound(NotFound):
+    message = "commit not found"
+
+
 # 409
 class Conflict(VersError):
     status_code = 409
@@ -65,6 +93,19 @@ class Conflict(VersError):
 
 class RepositoryAlreadyExists(Conflict):
     message = "repository already exists"
+
+
+class RepoTagAlreadyExists(Conflict):
+    message = "tag already exists in repository"
+
+
+class TagAlreadyExists(Conflict):
+    message = "tag already exists"
+
+
+class CommitHasActiveVms(Conflict):
+    def __init__(self, count: int) -> None:
+        super().__init__(f"commit still has {count} active VM(s)")
 
 
 class RequestInProgress(Conflict):
@@ -96,3 +137,9 @@ class IdempotencyKeyReused(Unprocessable):
 class InternalError(VersError):
     status_code = 500
     message = "internal server error"
+
+
+# 503
+class DatabaseUnavailable(VersError):
+    status_code = 503
+    message = "database unavailable"

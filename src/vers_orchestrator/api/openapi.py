@@ -28,3 +28,11 @@ def error_responses(descriptions: Mapping[int, str]) -> dict[int, ResponseSpec]:
 def openapi_document(request: AnyRequest) -> dict[str, Any]:
     document: dict[str, Any] = request.app.openapi_schema.to_schema()
     return document
+
+
+def authenticated_responses(descriptions: Mapping[int, str]) -> dict[int, ResponseSpec]:
+    """The error responses of a route behind `bearer_auth`; 401 has no body schema upstream."""
+    return {
+        **error_responses(descriptions),
+        401: ResponseSpec(data_container=None, description="Unauthorized"),
+    }

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 
-from vers_orchestrator.errors import InvalidField, InvalidRepositoryName
+from vers_orchestrator.errors import InvalidField, InvalidRepositoryName, InvalidTagName
 
 # fullmatch, not a `^…$` search: `$` would also accept a trailing newline.
 _NAME = re.compile(r"[A-Za-z0-9._-]+")
 REPOSITORY_NAME_MAX = 64
+REPO_TAG_NAME_MAX = 128
+# Organization-wide (`/commit_tags`) tag names keep the hosted service's shorter limit.
+ORG_TAG_NAME_MAX = 64
 DESCRIPTION_MAX = 4096
 
 
@@ -31,6 +34,12 @@ def validate_repository_name(name: str) -> None:
     problem = name_problem(name, REPOSITORY_NAME_MAX)
     if problem is not None:
         raise InvalidRepositoryName(f"Repository name {problem}")
+
+
+def validate_tag_name(name: str, max_length: int) -> None:
+    problem = name_problem(name, max_length)
+    if problem is not None:
+        raise InvalidTagName(f"Tag name {problem}")
 
 
 def validate_text(field: str, value: str | None, max_length: int = DESCRIPTION_MAX) -> None:

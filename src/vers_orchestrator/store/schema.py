@@ -86,3 +86,90 @@ idempotency_records = sa.Table(
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Index("ix_idempotency_records_created_at", "created_at"),
 )
+
+# Commits are snapshots of VMs, recorded by the VM layer. Deleting one only marks it
+# (`deleted_at`): tags and child commits keep pointing at it.
+commits = sa.Table(
+    "commits",
+    metadata,
+    sa.Column("commit_id", Id, primary_key=True),
+    # The creating key's organization, copied so access checks need no join.
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    # No foreign key: the VM may be gone long before its commits.
+    sa.Column("parent_vm_id", Id, nullable=True),
+    sa.Column("grandparent_commit_id", Id, sa.ForeignKey("commits.commit_id"), nullable=True),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("is_public", sa.Boolean(), nullable=False, server_default=sa.false()),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("deleted_at", Timestamp, nullable=True),
+    sa.Column("deleted_by", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=True),
+)
+_LIVE_COMMIT = "deleted_at IS NULL"
+_PUBLIC_COMMIT = "is_public AND deleted_at IS NULL"
+# GET /commits: one key's live commits, newest first.
+sa.Index(
+    "ix_commits_owner_created",
+    commits.c.owner_id,
+    commits.c.created_at,
+    commits.c.commit_id,
+    sqlite_where=sa.text(_LIVE_COMMIT),
+    postgresql_where=sa.text(_LIVE_COMMIT),
+)
+# GET /commits/public: every organization's public live commits, newest first.
+sa.Index(
+    "ix_commits_public_created",
+    commits.c.created_at,
+    commits.c.commit_id,
+    sqlite_where=sa.text(_PUBLIC_COMMIT),
+    postgresql_where=sa.text(_PUBLIC_COMMIT),
+)
+
+# Both tag namespaces share one table: repository tags have a `repo_id`, organization-wide
+# (`/commit_tags`) tags have none. The partial unique indexes keep the namespaces apart,
+# and each also serves its namespace's list in name order.
+commit_tags = sa.Table(
+    "commit_tags",
+    metadata,
+    sa.Column("tag_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column(
+        "repo_id",
+        Id,
+        sa.ForeignKey("repositories.repo_id", ondelete="CASCADE"),
+        nullable=True,
+    ),
+    sa.Column("tag_name", Name, nullable=False),
+    sa.Column("commit_id", Id, sa.ForeignKey("commits.commit_id"), nullable=False),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+)
+_REPO_TAG = "repo_id IS NOT NULL"
+_ORG_TAG = "repo_id IS NULL"
+sa.Index(
+    "unique_tag_per_repo",
+    commit_tags.c.repo_id,
+    commit_tags.c.tag_name,
+    unique=True,
+    sqlite_where=sa.text(_REPO_TAG),
+    postgresql_where=sa.text(_REPO_TAG),
+)
+sa.Index(
+    "unique_tag_per_org_legacy",
+    commit_tags.c.org_id,
+    commit_tags.c.tag_name,
+    unique=True,
+    sqlite_where=sa.text(_ORG_TAG),
+    postgresql_where=sa.text(_ORG_TAG),
+)
+
+# GET /public/repositories: every organization's public repositories in name order.
+sa.Index(
+    "ix_repositories_public_name",
+    repositories.c.name,
+    sqlite_where=sa.text("is_public"),
+    postgresql_where=sa.text("is_public"),
+)
