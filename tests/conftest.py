@@ -20,6 +20,13 @@ def _backends() -> list[object]:
     return ["sqlite", postgres]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _stop_leftover_servers() -> Iterator[None]:
+    yield
+    for server in Server.started:
+        server.stop()
+
+
 @pytest.fixture(scope="session", params=_backends())
 def backend(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import asyncpg
 import httpx
@@ -97,6 +97,9 @@ def _postgres_admin(url: str, statement: str) -> None:
 class Server:
     """`vers-orchestrator serve` in a subprocess, with its log in a file."""
 
+    # Every server a test started, so that the session can stop any a failing test left.
+    started: ClassVar[list[Server]] = []
+
     def __init__(self, backend: Backend, log_path: Path) -> None:
         self.backend = backend
         self.log_path = log_path
@@ -113,6 +116,7 @@ class Server:
             stderr=log,
         )
         log.close()
+        Server.started.append(self)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             found = re.search(r"listening on (http://\S+)", self.log_path.read_text()[offset:])
@@ -133,7 +137,12 @@ class Server:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout=timeout)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -58,6 +58,8 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind((args.host, args.port))
+    # Listen before the app starts: early connections wait in the backlog, not refused.
+    listener.listen(2048)
     host, port = listener.getsockname()[:2]
     shown_host = f"[{host}]" if family == socket.AF_INET6 else host
     config = uvicorn.Config(
