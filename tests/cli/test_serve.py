@@ -31,7 +31,7 @@ def test_sigterm_finishes_in_flight_requests_and_exits_0(
                     )
                 except httpx.TransportError:
                     return  # the server stopped taking new connections: expected
-                except BaseException as exc:  # noqa: BLE001 - reported below
+                except BaseException as exc:
                     failures.append(exc)
                     return
 
