@@ -1,17 +1,23 @@
-"""POST /api/v1/repositories over real HTTP, on each backend."""
+"""/api/v1/repositories: create, list, get, publish and delete, over real HTTP and the SDK."""
 
 from __future__ import annotations
 
-import re
+import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+from vers_sdk import AuthenticationError, NotFoundError
 
-from tests.support import Backend, Key, Server, error, make_key, unique_name
+from tests.factories import make_commit
+from tests.shapes import TIMESTAMP, UUID4
+from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
+from vers_orchestrator.settings import Settings
+from vers_orchestrator.store import repositories as repository_store
+from vers_orchestrator.store.connect import open_database
+from vers_orchestrator.store.database import Tx
 
-UUID4 = re.compile(r"\A[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}\Z")
 PATH = "/api/v1/repositories"
 INVALID_CHARACTERS = (
     "invalid repository name: Repository name can only contain ASCII letters, digits,"
@@ -243,3 +249,304 @@ class TestConcurrency:
         assert sorted(r.json()["name"] for r in responses) == sorted(names)
         # Every one of them is stored: creating any again is a conflict.
         assert {create(server, key, {"name": n}).status_code for n in names[::8]} == {409}
+
+
+REPOSITORY_KEYS = {"repo_id", "name", "description", "is_public", "created_at"}
+
+
+def get_repository(server: Server, key: Key, name: str) -> httpx.Response:
+    with server.client(key.token) as client:
+        return client.get(f"{PATH}/{name}")
+
+
+def set_visibility(server: Server, key: Key, name: str, body: object) -> httpx.Response:
+    with server.client(key.token) as client:
+        return client.patch(f"{PATH}/{name}/visibility", json=body)
+
+
+class TestListRepositories:
+    def test_lists_the_organization_in_byte_order(self, server: Server, backend: Backend) -> None:
+        owner = make_key(backend)
+        names = ["b", "B", "a-1", "_x", "a.1", "Z9"]
+        for name in names:
+            assert create(server, owner, {"name": name}).status_code == 201
+        with server.client(owner.token) as client:
+            response = client.get(PATH)
+        assert response.status_code == 200
+        repositories = response.json()["repositories"]
+        assert set(response.json()) == {"repositories"}
+        assert [r["name"] for r in repositories] == sorted(names, key=str.encode)
+        for repository in repositories:
+            assert set(repository) == REPOSITORY_KEYS
+            assert UUID4.match(repository["repo_id"])
+            assert repository["description"] is None
+            assert repository["is_public"] is False
+            assert TIMESTAMP.match(repository["created_at"])
+
+    def test_every_key_of_the_organization_sees_the_same_list(
+        self, server: Server, backend: Backend
+    ) -> None:
+        owner = make_key(backend)
+        colleague = make_key(backend, org=owner.org_name)
+        create(server, owner, {"name": "shared", "description": "d"})
+        with server.client(colleague.token) as client:
+            listed = client.get(PATH).json()["repositories"]
+        assert [(r["name"], r["description"]) for r in listed] == [("shared", "d")]
+
+    def test_another_organization_sees_none_of_them(
+        self, server: Server, key: Key, stranger: Key
+    ) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        with server.client(stranger.token) as client:
+            listed = client.get(PATH).json()["repositories"]
+        assert name not in {r["name"] for r in listed}
+
+    def test_empty_organization_lists_nothing(self, server: Server, backend: Backend) -> None:
+        with server.client(make_key(backend).token) as client:
+            response = client.get(PATH)
+        assert response.json() == {"repositories": []}
+
+    def test_without_key_is_401(self, server: Server) -> None:
+        with server.client() as client:
+            response = client.get(PATH)
+        assert response.status_code == 401
+        assert response.json() == error("Missing or invalid Authorization header")
+
+
+class TestGetRepository:
+    def test_found_is_200_with_its_fields(self, server: Server, key: Key) -> None:
+        name = unique_name()
+        created = create(server, key, {"name": name, "description": "my app"}).json()
+        response = get_repository(server, key, name)
+        assert response.status_code == 200
+        body = response.json()
+        assert set(body) == REPOSITORY_KEYS
+        assert body["repo_id"] == created["repo_id"]
+        assert (body["name"], body["description"], body["is_public"]) == (name, "my app", False)
+        assert TIMESTAMP.match(body["created_at"])
+
+    def test_a_colleague_reads_it(self, server: Server, key: Key, colleague: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        assert get_repository(server, colleague, name).status_code == 200
+
+    def test_another_organizations_is_404(self, server: Server, key: Key, stranger: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        response = get_repository(server, stranger, name)
+        assert response.status_code == 404
+        assert response.json() == error("repository not found")
+
+    @pytest.mark.parametrize("name", ["missing-repo", "has%20space", "x" * 65, "%C3%A9"])
+    def test_unknown_or_impossible_name_is_404(self, server: Server, key: Key, name: str) -> None:
+        response = get_repository(server, key, name)
+        assert response.status_code == 404
+        assert response.json() == error("repository not found")
+
+    def test_names_are_case_sensitive(self, server: Server, key: Key) -> None:
+        name = unique_name("Case")
+        create(server, key, {"name": name})
+        assert get_repository(server, key, name.lower()).status_code == 404
+
+    def test_without_key_is_401(self, server: Server, key: Key) -> None:
+        with server.client() as client:
+            response = client.get(f"{PATH}/anything")
+        assert response.status_code == 401
+
+
+class TestDeleteRepository:
+    def test_deleted_is_204_and_gone(self, server: Server, key: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        with server.client(key.token) as client:
+            response = client.delete(f"{PATH}/{name}")
+        assert response.status_code == 204
+        assert response.content == b""
+        assert get_repository(server, key, name).status_code == 404
+
+    def test_the_name_can_be_reused(self, server: Server, key: Key) -> None:
+        name = unique_name()
+        first = create(server, key, {"name": name}).json()
+        with server.client(key.token) as client:
+            client.delete(f"{PATH}/{name}")
+        second = create(server, key, {"name": name})
+        assert second.status_code == 201
+        assert second.json()["repo_id"] != first["repo_id"]
+
+    def test_deleting_twice_is_404(self, server: Server, key: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        with server.client(key.token) as client:
+            assert client.delete(f"{PATH}/{name}").status_code == 204
+            response = client.delete(f"{PATH}/{name}")
+        assert response.status_code == 404
+        assert response.json() == error("repository not found")
+
+    def test_a_colleague_may_delete(self, server: Server, key: Key, colleague: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        with server.client(colleague.token) as client:
+            assert client.delete(f"{PATH}/{name}").status_code == 204
+
+    def test_another_organization_gets_404_and_changes_nothing(
+        self, server: Server, key: Key, stranger: Key
+    ) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        with server.client(stranger.token) as client:
+            response = client.delete(f"{PATH}/{name}")
+        assert response.status_code == 404
+        assert response.json() == error("repository not found")
+        assert get_repository(server, key, name).status_code == 200
+
+    def test_removes_its_tags_but_not_commits_or_org_wide_tags(
+        self, server: Server, backend: Backend, key: Key
+    ) -> None:
+        name = unique_name()
+        commit = make_commit(backend, key)
+        create(server, key, {"name": name})
+        with server.client(key.token) as client:
+            for tag in ("v1", "v2"):
+                body = {"tag_name": tag, "commit_id": commit.commit_id}
+                assert client.post(f"{PATH}/{name}/tags", json=body).status_code == 201
+            org_tag = unique_name("tag")
+            body = {"tag_name": org_tag, "commit_id": commit.commit_id}
+            assert client.post("/api/v1/commit_tags", json=body).status_code == 201
+            assert client.delete(f"{PATH}/{name}").status_code == 204
+            create(server, key, {"name": name})
+            assert client.get(f"{PATH}/{name}/tags").json()["tags"] == []
+            assert client.get(f"/api/v1/commit_tags/{org_tag}").status_code == 200
+            listed = client.get("/api/v1/commits", params={"limit": 100}).json()["commits"]
+        assert commit.commit_id in {c["commit_id"] for c in listed}
+
+    def test_a_delete_that_fails_leaves_every_tag(
+        self, server: Server, backend: Backend, key: Key
+    ) -> None:
+        # The repository and its tags go in one statement of one unit of work: when the
+        # unit fails after it, nothing is gone.
+        name = unique_name()
+        commit = make_commit(backend, key)
+        create(server, key, {"name": name})
+        with server.client(key.token) as client:
+            for tag in ("a", "b", "c"):
+                body = {"tag_name": tag, "commit_id": commit.commit_id}
+                client.post(f"{PATH}/{name}/tags", json=body)
+
+        class Interrupted(Exception):
+            pass
+
+        async def unit(tx: Tx) -> None:
+            assert await repository_store.delete_by_name(tx, key.org_id, name)
+            raise Interrupted
+
+        async def run() -> None:
+            db = await open_database(Settings.from_env(backend.env))
+            try:
+                await db.write(unit)
+            finally:
+                await db.close()
+
+        with pytest.raises(Interrupted):
+            asyncio.run(run())
+        with server.client(key.token) as client:
+            tags = client.get(f"{PATH}/{name}/tags").json()["tags"]
+        assert [t["tag_name"] for t in tags] == ["a", "b", "c"]
+
+    def test_without_key_is_401(self, server: Server) -> None:
+        with server.client() as client:
+            response = client.delete(f"{PATH}/anything")
+        assert response.status_code == 401
+
+
+class TestSetRepositoryVisibility:
+    def test_publishing_is_204_and_shows_in_the_repository(self, server: Server, key: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        response = set_visibility(server, key, name, {"is_public": True})
+        assert response.status_code == 204
+        assert response.content == b""
+        assert get_repository(server, key, name).json()["is_public"] is True
+
+    def test_is_idempotent_and_reversible(self, server: Server, key: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        for value in (True, True, False, False):
+            assert set_visibility(server, key, name, {"is_public": value}).status_code == 204
+            assert get_repository(server, key, name).json()["is_public"] is value
+
+    def test_a_colleague_may_publish(self, server: Server, key: Key, colleague: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        assert set_visibility(server, colleague, name, {"is_public": True}).status_code == 204
+
+    def test_another_organization_gets_404(self, server: Server, key: Key, stranger: Key) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        response = set_visibility(server, stranger, name, {"is_public": True})
+        assert response.status_code == 404
+        assert response.json() == error("repository not found")
+        assert get_repository(server, key, name).json()["is_public"] is False
+
+    def test_unknown_repository_is_404(self, server: Server, key: Key) -> None:
+        response = set_visibility(server, key, unique_name(), {"is_public": True})
+        assert response.status_code == 404
+        assert response.json() == error("repository not found")
+
+    @pytest.mark.parametrize(
+        ("body", "detail"),
+        [
+            ({}, "data: Object missing required field `is_public`"),
+            ({"is_public": "yes"}, "is_public: Expected `bool`, got `str`"),
+        ],
+    )
+    def test_wrong_shape_is_422(self, server: Server, key: Key, body: object, detail: str) -> None:
+        name = unique_name()
+        create(server, key, {"name": name})
+        response = set_visibility(server, key, name, body)
+        assert response.status_code == 422
+        assert response.json() == error(
+            f"Failed to deserialize the JSON body into the target type: {detail}"
+        )
+
+    def test_without_key_is_401_whatever_the_body(self, server: Server) -> None:
+        with server.client() as client:
+            response = client.patch(f"{PATH}/anything/visibility", content=b"{bad")
+        assert response.status_code == 401
+
+
+class TestRepositoriesWithSdk:
+    def test_list_get_publish_delete(self, server: Server, backend: Backend) -> None:
+        owner = make_key(backend)
+        name = unique_name()
+        sdk_call(server, owner.token, lambda c: c.create_repository({"name": name}))
+        listed = sdk_call(server, owner.token, lambda c: c.list_repositories())
+        assert [r["name"] for r in listed["repositories"]] == [name]
+        assert (
+            sdk_call(
+                server,
+                owner.token,
+                lambda c: c.set_repository_visibility(name, {"is_public": True}),
+            )
+            == {}
+        )
+        got = sdk_call(server, owner.token, lambda c: c.get_repository(name))
+        assert set(got) == REPOSITORY_KEYS
+        assert got["is_public"] is True
+        assert sdk_call(server, owner.token, lambda c: c.delete_repository(name)) == {}
+        with pytest.raises(NotFoundError) as raised:
+            sdk_call(server, owner.token, lambda c: c.get_repository(name))
+        assert raised.value.body == error("repository not found")
+
+    def test_errors(self, server: Server, key: Key) -> None:
+        with pytest.raises(NotFoundError) as raised:
+            sdk_call(server, key.token, lambda c: c.delete_repository(unique_name()))
+        assert raised.value.body == error("repository not found")
+        with pytest.raises(NotFoundError):
+            sdk_call(
+                server,
+                key.token,
+                lambda c: c.set_repository_visibility(unique_name(), {"is_public": True}),
+            )
+        with pytest.raises(AuthenticationError):
+            sdk_call(server, None, lambda c: c.list_repositories())

@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from litestar import delete, get, patch
-from litestar.openapi.spec import OpenAPIFormat
 from litestar.params import Parameter
 
 from vers_orchestrator.api.openapi import BEARER_AUTH, authenticated_responses
@@ -30,7 +29,7 @@ Limit = Annotated[
     int | None, Parameter(description="1-100, default 50; clamped into range", **_INT64)
 ]
 Offset = Annotated[int | None, Parameter(description="default 0; clamped to >= 0", **_INT64)]
-CommitId = Annotated[str, Parameter(format=OpenAPIFormat.UUID)]
+CommitId = Annotated[str, Parameter(schema_extra={"format": "uuid"})]
 
 
 def commit_info(commit: Commit) -> CommitInfo:
