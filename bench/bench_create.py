@@ -1,0 +1,215 @@
+"""Load `POST /api/v1/repositories` on loopback and compare it with the floor.
+
+Each target is a real server process pinned to CPU 0; wrk runs pinned to CPU 1 (PostgreSQL,
+when used, floats). Every request creates a repository with a name no other request uses.
+Prints a Markdown table: requests/s, p50 and p99 latency, and non-2xx/socket errors.
+
+    .venv/bin/python bench/bench_create.py [--duration 10] [--connections 32 128]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+LUA = ROOT / "bench" / "create_repository.lua"
+TARGETS = ("floor-sqlite", "api-sqlite", "floor-postgresql", "api-postgresql")
+
+
+@dataclass
+class Result:
+    target: str
+    connections: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def postgres_url() -> str:
+    url = os.environ.get("VERS_ORCHESTRATOR_TEST_POSTGRES_URL")
+    if url:
+        return url
+    return subprocess.run(
+        [str(ROOT / "scripts" / "ensure-postgres.sh")], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def fresh_postgres_database(admin_url: str) -> str:
+    name = f"vers_bench_{uuid.uuid4().hex[:12]}"
+
+    async def create() -> None:
+        connection = await asyncpg.connect(admin_url)
+        try:
+            await connection.execute(f'CREATE DATABASE "{name}"')
+        finally:
+            await connection.close()
+
+    asyncio.run(create())
+    return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited: {log.read_text()[-2000:]}")
+        try:
+            httpx.post(url + "/api/v1/repositories", timeout=1)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise RuntimeError("server did not start")
+
+
+def start_target(target: str, workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
+    """Start one server; return it and the API key to send."""
+    kind, database = target.split("-")
+    env = {**os.environ, "VERS_ORCHESTRATOR_DATA_DIR": str(workdir / "data")}
+    url = (
+        fresh_postgres_database(postgres_url())
+        if database == "postgresql"
+        else f"sqlite:///{workdir / 'bench.sqlite3'}"
+    )
+    log = workdir / f"{target}.log"
+    if kind == "floor":
+        key = str(uuid.uuid4()) + secrets.token_hex(32)
+        env |= {"FLOOR_DATABASE_URL": url, "FLOOR_API_KEY": key, "PYTHONPATH": str(ROOT)}
+        command = [
+            str(BIN / "uvicorn"),
+            "--loop",
+            "uvloop",
+            "--http",
+            "httptools",
+            "--no-access-log",
+            "--log-level",
+            "warning",
+            "--port",
+            str(port),
+            "bench.floor_app:app",
+        ]
+    else:
+        if database == "postgresql":
+            env["VERS_ORCHESTRATOR_DATABASE_URL"] = url
+        created = subprocess.run(
+            [
+                str(BIN / "vers-orchestrator"),
+                "keys",
+                "create",
+                "--org",
+                "bench",
+                "--user",
+                "bench",
+                "--format",
+                "json",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        key = json.loads(created.stdout)["api_key"]
+        command = [str(BIN / "vers-orchestrator"), "serve", "--port", str(port)]
+    process = subprocess.Popen(
+        ["taskset", "-c", "0", *command], env=env, stdout=log.open("wb"), stderr=subprocess.STDOUT
+    )
+    wait_ready(f"http://127.0.0.1:{port}", process, log)
+    return process, key
+
+
+def to_ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def run_wrk(target: str, port: int, key: str, connections: int, duration: int) -> Result:
+    output = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "1",
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{duration}s",
+            "--latency",
+            "-s",
+            str(LUA),
+            f"http://127.0.0.1:{port}",
+        ],
+        env={**os.environ, "BENCH_API_KEY": key, "BENCH_PREFIX": f"{target}{connections}"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    return Result(
+        target=target,
+        connections=connections,
+        requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+        p50_ms=to_ms(percentile["50"]),
+        p99_ms=to_ms(percentile["99"]),
+        non_2xx=int(non_2xx.group(1)) if non_2xx else 0,
+        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--duration", type=int, default=10)
+    parser.add_argument("--connections", type=int, nargs="+", default=[32, 128])
+    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    args = parser.parse_args()
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="vers-bench-") as scratch:
+        for index, target in enumerate(args.targets):
+            workdir = Path(scratch) / target
+            workdir.mkdir()
+            port = 18080 + index
+            process, key = start_target(target, workdir, port)
+            try:
+                for connections in args.connections:
+                    result = run_wrk(target, port, key, connections, args.duration)
+                    results.append(result)
+                    print(result, file=sys.stderr)
+            finally:
+                process.send_signal(signal.SIGTERM)
+                process.wait(timeout=60)
+    floors = {
+        (r.target.split("-")[1], r.connections): r for r in results if r.target.startswith("floor")
+    }
+    print("| target | connections | req/s | p50 ms | p99 ms | non-2xx | socket errors | vs floor |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in results:
+        floor = floors.get((r.target.split("-")[1], r.connections))
+        ratio = f"{r.requests_per_second / floor.requests_per_second:.0%}" if floor else "—"
+        print(
+            f"| {r.target} | {r.connections} | {r.requests_per_second:,.0f} | {r.p50_ms:.2f}"
+            f" | {r.p99_ms:.2f} | {r.non_2xx} | {r.socket_errors} | {ratio} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
