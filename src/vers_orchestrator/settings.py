@@ -26,6 +26,14 @@ class Settings:
     max_body_bytes: int = 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
     postgres_pool_size: int = 16
+    # "auto" uses KVM when it can run the guest kernel and TCG otherwise; "kvm"/"tcg" force.
+    vm_accelerator: str = "auto"
+    # None means a folder inside data_dir; see `effective_images_dir`, `effective_vm_state_dir`.
+    images_dir: Path | None = None
+    vm_state_dir: Path | None = None
+    # VM RAM and QEMU sockets: tmpfs, and short, as unix socket paths are limited to 107 bytes.
+    # The driver refuses it unless it is a directory of ours that only we can enter.
+    vm_runtime_dir: Path = Path("/dev/shm/vers-orchestrator")  # noqa: S108
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -47,9 +55,23 @@ class Settings:
                     get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds
                 ),
                 postgres_pool_size=int(get("POSTGRES_POOL_SIZE") or defaults.postgres_pool_size),
+                vm_accelerator=_choice(
+                    "VM_ACCELERATOR", get("VM_ACCELERATOR") or defaults.vm_accelerator
+                ),
+                images_dir=_optional_path(get("IMAGES_DIR")),
+                vm_state_dir=_optional_path(get("VM_STATE_DIR")),
+                vm_runtime_dir=Path(get("VM_RUNTIME_DIR") or defaults.vm_runtime_dir),
             )
         except ValueError as exc:
             raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc
+
+    @property
+    def effective_images_dir(self) -> Path:
+        return self.images_dir or self.data_dir / "images"
+
+    @property
+    def effective_vm_state_dir(self) -> Path:
+        return self.vm_state_dir or self.data_dir / "vm-state"
 
     @property
     def effective_database_url(self) -> str:
@@ -65,3 +87,16 @@ class Settings:
     @property
     def uses_postgres(self) -> bool:
         return self.effective_database_url.startswith(("postgresql://", "postgres://"))
+
+
+VM_ACCELERATORS = ("auto", "kvm", "tcg")
+
+
+def _choice(name: str, value: str) -> str:
+    if value not in VM_ACCELERATORS:
+        raise ValueError(f"{ENV_PREFIX}{name} must be one of {', '.join(VM_ACCELERATORS)}")
+    return value
+
+
+def _optional_path(value: str | None) -> Path | None:
+    return Path(value) if value is not None else None

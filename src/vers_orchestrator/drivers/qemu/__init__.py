@@ -1,0 +1,1 @@
+"""QEMU microvm driver: see `driver` for how it works and `layout` for what it keeps where."""

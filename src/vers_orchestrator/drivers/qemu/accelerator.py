@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vers_orchestrator.drivers.base import DriverError
+from vers_orchestrator.settings import VM_ACCELERATORS
 
 KVM_DEVICE = Path("/dev/kvm")
 KVM_GET_API_VERSION = 0xAE00
@@ -16,7 +17,6 @@ KVM_API_VERSION = 12
 # Pagetable-based VM: a /dev/kvm that passes every ioctl but emulates guest ring 0 unless the
 # guest kernel was built for it, which no Debian kernel is (they die in its emulator).
 PVM_MODULE = Path("/sys/module/kvm_pvm")
-ACCELERATOR_CHOICES = ("auto", "kvm", "tcg")
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,8 +52,8 @@ def kvm_problem() -> str | None:
 
 def choose_accelerator(setting: str) -> Accelerator:
     """`setting` is "auto" (KVM when it works, else TCG), "kvm" or "tcg"."""
-    if setting not in ACCELERATOR_CHOICES:
-        raise DriverError(f"accelerator must be one of {', '.join(ACCELERATOR_CHOICES)}")
+    if setting not in VM_ACCELERATORS:
+        raise DriverError(f"accelerator must be one of {', '.join(VM_ACCELERATORS)}")
     if setting == "tcg" or (setting == "auto" and kvm_problem() is not None):
         return tcg()
     problem = kvm_problem()

@@ -15,8 +15,8 @@ How a commit works (QEMU 7.2 has neither mapped-ram nor file: migration):
   file in the new commit, and the helper then saves device state the same way as above.
   Every commit therefore has the same form, and every restore is the same.
 
-After a restore the guest's clock is set (guest-set-time) and its RNG is reseeded
-(/dev/urandom), and the VM gets its own SSH port; everything else is the parent's.
+After a restore the guest's clock is set to the host's and its kernel RNG is reseeded with
+fresh host randomness, and the VM gets its own SSH port; everything else is the parent's.
 """
 
 from __future__ import annotations
@@ -103,6 +103,21 @@ KILL_TREE_SCRIPT = """kill_tree() {
     kill -KILL "$1" 2>/dev/null
 }
 kill_tree "$0"
+"""
+# Run in the guest after a restore, as one process (perl-base is in every Debian system).
+# Not guest-set-time: it also runs `hwclock -w`, which waits for the RTC's next second (about
+# 1 s per restore). Writing to /dev/urandom alone only feeds the input pool; RNDRESEEDCRNG
+# makes the kernel's CRNG, which every branch inherited in the same state, use it now.
+REFRESH_IDENTITY_SCRIPT = """
+my ($seconds, $nanoseconds, $seed) = @ARGV;
+my $SYS_clock_settime = 227;
+my $CLOCK_REALTIME = 0;
+my $RNDRESEEDCRNG = 0x5207;
+syscall($SYS_clock_settime, $CLOCK_REALTIME, pack("q q", $seconds, $nanoseconds)) == 0
+    or die "clock_settime: $!\\n";
+open(my $rng, ">", "/dev/urandom") or die "/dev/urandom: $!\\n";
+syswrite($rng, pack("H*", $seed)) or die "/dev/urandom: $!\\n";
+ioctl($rng, $RNDRESEEDCRNG, 0) or die "RNDRESEEDCRNG: $!\\n";
 """
 # What qemu-ga says when the program cannot be started; a shell would exit 127.
 SPAWN_FAILURE = "Failed to execute child process"
@@ -892,15 +907,20 @@ async def _settle(qmp: QmpClient, *, run: bool) -> None:
 
 async def _refresh_identity(agent: GuestAgent) -> None:
     """What must differ between branches of one commit: wall clock and RNG state."""
-    # Not guest-set-time: it also runs `hwclock -w`, which waits for the RTC's next second
-    # (about 1 s per restore here).
     now = time.time_ns()
-    clock = await _exec(
-        agent, ExecRequest(argv=("date", "-u", "-s", f"@{now // 10**9}.{now % 10**9:09d}"))
-    )
-    if clock.exit_code != 0:
-        raise DriverError(f"cannot set the guest clock: {clock.stderr.decode(errors='replace')}")
-    await _write_guest_file(agent, "/dev/urandom", secrets.token_bytes(64))
+    refreshed = await _exec(
+        agent,
+        ExecRequest(
+            argv=(
+                "perl", "-e", REFRESH_IDENTITY_SCRIPT,
+                str(now // 10**9), str(now % 10**9), secrets.token_hex(64),
+            )
+        ),
+    )  # fmt: skip
+    if refreshed.exit_code != 0:
+        raise DriverError(
+            f"cannot refresh the restored guest: {refreshed.stderr.decode(errors='replace')}"
+        )
 
 
 async def _exec(agent: GuestAgent, request: ExecRequest) -> ExecResult:

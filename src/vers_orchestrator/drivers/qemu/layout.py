@@ -33,12 +33,13 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from vers_orchestrator.drivers.base import VmSpec
+from vers_orchestrator.drivers.base import DriverError, VmSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,8 +112,16 @@ class Layout:
         self.layers = self.state_dir / "layers"
 
     def create_directories(self) -> None:
-        for directory in (self.vms, self.commits, self.layers, self.runtime_dir):
+        for directory in (self.vms, self.commits, self.layers):
             directory.mkdir(parents=True, exist_ok=True)
+        # The runtime directory usually sits in world-writable /dev/shm: it must be ours
+        # and closed to others, or someone could plant sockets or RAM files there.
+        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        status = self.runtime_dir.lstat()
+        if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid():
+            raise DriverError(f"{self.runtime_dir} is not a directory owned by this user")
+        if stat.S_IMODE(status.st_mode) & 0o077:
+            self.runtime_dir.chmod(0o700)
 
     def vm_dir(self, vm_id: str) -> Path:
         return self.vms / vm_id
