@@ -157,6 +157,20 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _images_build_default(settings: Settings, args: argparse.Namespace) -> int:
+    from vers_orchestrator.drivers.qemu.images import ImageBuildError, build_default_image
+
+    try:
+        image = build_default_image(
+            settings.effective_images_dir, lambda line: print(line, file=sys.stderr, flush=True)
+        )
+    except ImageBuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(image.directory)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vers-orchestrator",
@@ -196,6 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("upgrade", help="migrate the database to the newest schema").set_defaults(
         run=_db_upgrade
     )
+
+    images = commands.add_parser("images", help="guest images").add_subparsers(
+        dest="images_command", required=True
+    )
+    images.add_parser(
+        "build-default",
+        help="build the default guest image from Debian packages (needs root; about a minute)",
+    ).set_defaults(run=_images_build_default)
     return parser
 
 
