@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from litestar import delete, get, patch, post
 
-from vers_orchestrator.api.openapi import BEARER_AUTH, authenticated_responses
+from vers_orchestrator.api.openapi import BEARER_AUTH, ContractOperation, authenticated_responses
 from vers_orchestrator.api.runtime import AnyRequest, principal, runtime
 from vers_orchestrator.schemas.commit_tags import (
     CreateTagRequest,
@@ -35,6 +35,7 @@ def _info(tag: Tag) -> TagInfo:
 @get(
     "/api/v1/commit_tags",
     operation_id="list_tags",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="List of tags",
@@ -48,6 +49,7 @@ async def list_tags(request: AnyRequest) -> ListTagsResponse:
 @post(
     "/api/v1/commit_tags",
     operation_id="create_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     status_code=201,
@@ -76,6 +78,7 @@ async def create_tag(request: AnyRequest, data: CreateTagRequest) -> CreateTagRe
 @get(
     _TAG,
     operation_id="get_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="Tag details",
@@ -90,6 +93,7 @@ async def get_tag(request: AnyRequest, tag_name: str) -> TagInfo:
 @patch(
     _TAG,
     operation_id="update_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     status_code=204,
@@ -116,6 +120,7 @@ async def update_tag(request: AnyRequest, tag_name: str, data: UpdateTagRequest)
 @delete(
     _TAG,
     operation_id="delete_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="Tag deleted",

@@ -10,7 +10,7 @@ from typing import Annotated
 from litestar import delete, get, patch
 from litestar.params import Parameter
 
-from vers_orchestrator.api.openapi import BEARER_AUTH, authenticated_responses
+from vers_orchestrator.api.openapi import BEARER_AUTH, ContractOperation, authenticated_responses
 from vers_orchestrator.api.runtime import AnyRequest, principal, runtime
 from vers_orchestrator.schemas.commits import (
     CommitInfo,
@@ -57,10 +57,11 @@ def _page(page: commits.Page) -> ListCommitsResponse:
 @get(
     "/api/v1/commits",
     operation_id="list_commits",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="List of commits",
-    responses=authenticated_responses({500: "Internal server error"}),
+    responses=authenticated_responses({400: "Invalid query", 500: "Internal server error"}),
 )
 async def list_commits(
     request: AnyRequest, limit: Limit = None, offset: Offset = None
@@ -72,10 +73,11 @@ async def list_commits(
 @get(
     "/api/v1/commits/public",
     operation_id="list_public_commits",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="List of public commits",
-    responses=authenticated_responses({500: "Internal server error"}),
+    responses=authenticated_responses({400: "Invalid query", 500: "Internal server error"}),
 )
 async def list_public_commits(
     request: AnyRequest, limit: Limit = None, offset: Offset = None
@@ -86,12 +88,18 @@ async def list_public_commits(
 @patch(
     "/api/v1/commits/{commit_id:str}",
     operation_id="update_commit",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     status_code=200,
     response_description="Commit updated",
     responses=authenticated_responses(
-        {403: "Forbidden", 404: "Commit not found", 500: "Internal server error"}
+        {
+            400: "Invalid commit id or body",
+            403: "Forbidden",
+            404: "Commit not found",
+            500: "Internal server error",
+        }
     ),
 )
 async def update_commit(
@@ -111,11 +119,13 @@ async def update_commit(
 @delete(
     "/api/v1/commits/{commit_id:str}",
     operation_id="delete_commit",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="Commit deleted",
     responses=authenticated_responses(
         {
+            400: "Invalid commit id",
             403: "Forbidden",
             404: "Commit not found",
             409: "Commit in use",
@@ -130,11 +140,17 @@ async def delete_commit(request: AnyRequest, commit_id: CommitId) -> None:
 @get(
     "/api/v1/vm/commits/{commit_id:str}/parents",
     operation_id="list_parent_commits",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="List of commits from the specified commit to the root",
     responses=authenticated_responses(
-        {403: "Forbidden", 404: "Commit not found", 500: "Internal server error"}
+        {
+            400: "Invalid commit id",
+            403: "Forbidden",
+            404: "Commit not found",
+            500: "Internal server error",
+        }
     ),
 )
 async def list_parent_commits(request: AnyRequest, commit_id: CommitId) -> list[VmCommitEntity]:

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from litestar import get, post
 
-from vers_orchestrator.api.openapi import BEARER_AUTH, authenticated_responses, error_responses
+from vers_orchestrator.api.openapi import (
+    BEARER_AUTH,
+    ContractOperation,
+    authenticated_responses,
+    error_responses,
+)
 from vers_orchestrator.api.runtime import AnyRequest, principal
 from vers_orchestrator.schemas.common import rfc3339
 from vers_orchestrator.schemas.identity import (
@@ -23,6 +28,7 @@ from vers_orchestrator.schemas.identity import (
 @get(
     "/api/v1/whoami",
     operation_id="whoami_handler",
+    operation_class=ContractOperation,
     tags=["whoami"],
     security=BEARER_AUTH,
     response_description="The user, organization and API key behind the bearer token",
@@ -48,6 +54,7 @@ async def whoami_handler(request: AnyRequest) -> WhoamiResponse:
 @post(
     "/api/v1/keys/validate",
     operation_id="validate_key",
+    operation_class=ContractOperation,
     tags=["keys"],
     security=BEARER_AUTH,
     status_code=200,

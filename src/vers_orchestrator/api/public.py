@@ -5,7 +5,7 @@ from __future__ import annotations
 from litestar import get
 
 from vers_orchestrator.api.middleware import PUBLIC
-from vers_orchestrator.api.openapi import error_responses
+from vers_orchestrator.api.openapi import ContractOperation, error_responses
 from vers_orchestrator.api.repositories import repo_tag_info
 from vers_orchestrator.api.runtime import AnyRequest, runtime
 from vers_orchestrator.schemas.common import rfc3339
@@ -32,6 +32,7 @@ def _info(repository: PublicRepository, org_name: str) -> PublicRepositoryInfo:
 @get(
     "/api/v1/public/repositories",
     operation_id="list_public_repositories",
+    operation_class=ContractOperation,
     tags=TAGS,
     opt={PUBLIC: True},
     response_description="List of public repositories",
@@ -48,6 +49,7 @@ async def list_public_repositories(request: AnyRequest) -> ListPublicRepositorie
 @get(
     _REPOSITORY,
     operation_id="get_public_repository",
+    operation_class=ContractOperation,
     tags=TAGS,
     opt={PUBLIC: True},
     response_description="Public repository details",
@@ -63,6 +65,7 @@ async def get_public_repository(
 @get(
     _REPOSITORY + "/tags",
     operation_id="list_public_repo_tags",
+    operation_class=ContractOperation,
     tags=TAGS,
     opt={PUBLIC: True},
     response_description="List of tags in public repository",
@@ -81,6 +84,7 @@ async def list_public_repo_tags(
 @get(
     _REPOSITORY + "/tags/{tag_name:str}",
     operation_id="get_public_repo_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     opt={PUBLIC: True},
     response_description="Tag details",

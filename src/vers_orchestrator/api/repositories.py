@@ -5,7 +5,12 @@ from __future__ import annotations
 from litestar import delete, get, patch, post
 from litestar.openapi.datastructures import ResponseSpec
 
-from vers_orchestrator.api.openapi import BEARER_AUTH, authenticated_responses, error_responses
+from vers_orchestrator.api.openapi import (
+    BEARER_AUTH,
+    ContractOperation,
+    authenticated_responses,
+    error_responses,
+)
 from vers_orchestrator.api.runtime import AnyRequest, principal, runtime
 from vers_orchestrator.schemas.common import rfc3339
 from vers_orchestrator.schemas.repositories import (
@@ -81,6 +86,7 @@ async def create_repository(
 @get(
     "/api/v1/repositories",
     operation_id="list_repositories",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="List of repositories",
@@ -94,6 +100,7 @@ async def list_repositories(request: AnyRequest) -> ListRepositoriesResponse:
 @get(
     _REPOSITORY,
     operation_id="get_repository",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="Repository details",
@@ -108,6 +115,7 @@ async def get_repository(request: AnyRequest, repo_name: str) -> RepositoryInfo:
 @delete(
     _REPOSITORY,
     operation_id="delete_repository",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="Repository deleted",
@@ -122,6 +130,7 @@ async def delete_repository(request: AnyRequest, repo_name: str) -> None:
 @patch(
     _REPOSITORY + "/visibility",
     operation_id="set_repository_visibility",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     status_code=204,
@@ -141,6 +150,7 @@ async def set_repository_visibility(
 @get(
     _REPOSITORY + "/tags",
     operation_id="list_repo_tags",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="List of tags in repository",
@@ -156,6 +166,7 @@ async def list_repo_tags(request: AnyRequest, repo_name: str) -> ListRepoTagsRes
 @post(
     _REPOSITORY + "/tags",
     operation_id="create_repo_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     status_code=201,
@@ -189,6 +200,7 @@ async def create_repo_tag(
 @get(
     _TAG,
     operation_id="get_repo_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="Tag details",
@@ -204,6 +216,7 @@ async def get_repo_tag(request: AnyRequest, repo_name: str, tag_name: str) -> Re
 @patch(
     _TAG,
     operation_id="update_repo_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     status_code=204,
@@ -233,6 +246,7 @@ async def update_repo_tag(
 @delete(
     _TAG,
     operation_id="delete_repo_tag",
+    operation_class=ContractOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     response_description="Tag deleted",

@@ -6,7 +6,7 @@ from litestar import get
 
 from vers_orchestrator import __version__
 from vers_orchestrator.api.middleware import PUBLIC
-from vers_orchestrator.api.openapi import error_responses
+from vers_orchestrator.api.openapi import ContractOperation, error_responses
 from vers_orchestrator.api.runtime import AnyRequest, runtime
 from vers_orchestrator.schemas.system import HealthResponse, OrchestratorVersion
 from vers_orchestrator.services import system
@@ -15,6 +15,7 @@ from vers_orchestrator.services import system
 @get(
     "/api/v1/system/version",
     operation_id="version_handler",
+    operation_class=ContractOperation,
     opt={PUBLIC: True},
     response_description="Version information",
     sync_to_thread=False,
@@ -30,6 +31,7 @@ def version_handler() -> OrchestratorVersion:
 @get(
     "/health",
     operation_id="health",
+    operation_class=ContractOperation,
     tags=["system"],
     opt={PUBLIC: True},
     response_description="The server is up and its database answers",

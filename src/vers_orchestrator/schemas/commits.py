@@ -24,11 +24,14 @@ class CommitInfo(msgspec.Struct, kw_only=True):
     is_public: bool
 
 
+Int64 = Annotated[int, msgspec.Meta(extra_json_schema={"extra": {"format": "int64"}})]
+
+
 class ListCommitsResponse(msgspec.Struct):
     commits: list[CommitInfo]
-    total: int
-    limit: int
-    offset: int
+    total: Int64
+    limit: Int64
+    offset: Int64
 
 
 class UpdateCommitRequest(msgspec.Struct, kw_only=True):
