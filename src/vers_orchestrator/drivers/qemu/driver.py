@@ -122,6 +122,9 @@ ioctl($rng, $RNDRESEEDCRNG, 0) or die "RNDRESEEDCRNG: $!\\n";
 # What qemu-ga says when the program cannot be started; a shell would exit 127.
 SPAWN_FAILURE = "Failed to execute child process"
 COMMAND_NOT_FOUND_EXIT_CODE = 127
+EXEC_FINE_POLL_SECONDS = 0.3
+EXEC_FINE_POLL_INTERVAL = 0.005
+EXEC_MAX_POLL_INTERVAL = 0.1
 FILE_READ_CHUNK = 16 * MIB
 FILE_WRITE_CHUNK = 8 * MIB
 FILE_CHUNK_TIMEOUT_SECONDS = 120.0
@@ -966,7 +969,10 @@ async def _exec(agent: GuestAgent, request: ExecRequest) -> ExecResult:
 
 async def _wait_exec(agent: GuestAgent, pid: int, deadline: float | None) -> dict[str, Any] | None:
     """The final guest-exec-status of `pid`, or None if the deadline came first."""
-    interval = 0.005
+    # Polling is the only way to learn about an exit. Most commands end within a few
+    # hundred milliseconds, so poll finely at first and back off for long ones.
+    fine_until = time.monotonic() + EXEC_FINE_POLL_SECONDS
+    interval = EXEC_FINE_POLL_INTERVAL
     while True:
         status: dict[str, Any] = await agent.execute("guest-exec-status", {"pid": pid})
         if status.get("exited"):
@@ -974,8 +980,8 @@ async def _wait_exec(agent: GuestAgent, pid: int, deadline: float | None) -> dic
         if deadline is not None and time.monotonic() >= deadline:
             return None
         await asyncio.sleep(interval)
-        # Polling is the only way to learn about an exit; back off for long commands.
-        interval = min(interval * 1.5, 0.1)
+        if time.monotonic() > fine_until:
+            interval = min(interval * 1.5, EXEC_MAX_POLL_INTERVAL)
 
 
 async def _kill_process_tree(agent: GuestAgent, pid: int) -> None:

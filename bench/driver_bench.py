@@ -1,0 +1,207 @@
+"""Latency and memory of the QEMU driver on this machine.
+
+    .venv/bin/python bench/driver_bench.py [--runs 3]
+
+Boots real VMs (256 MiB, 1 vCPU) from the default image in build/images, prints a Markdown
+table for bench/README.md and writes bench/results/driver.json. Every VM is deleted at the
+end, also on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import secrets
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from vers_orchestrator.drivers.base import ExecRequest, VmSpec
+from vers_orchestrator.drivers.qemu.driver import QemuDriver, QemuDriverConfig
+from vers_orchestrator.drivers.qemu.images import ensure_default_image
+
+REPO = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO / "build" / "images"
+RESULTS = REPO / "bench" / "results" / "driver.json"
+SPEC = VmSpec(mem_mib=256, vcpus=1, disk_mib=1024)
+TRUE = ExecRequest(argv=("true",))
+IDLE_SECONDS = 10.0
+
+
+class Bench:
+    def __init__(self, driver: QemuDriver, state_dir: Path) -> None:
+        self.driver = driver
+        self.state_dir = state_dir
+        self.samples: dict[str, list[float]] = {}
+        self._counter = 0
+
+    def new_id(self, prefix: str) -> str:
+        self._counter += 1
+        return f"{prefix}-{self._counter}"
+
+    def record(self, name: str, value: float) -> None:
+        self.samples.setdefault(name, []).append(value)
+
+    async def timed(self, name: str, work: Callable[[], Awaitable[object]]) -> None:
+        started = time.monotonic()
+        await work()
+        self.record(name, time.monotonic() - started)
+
+    async def first_exec_of_root(self) -> str:
+        vm_id = self.new_id("root")
+
+        async def boot() -> None:
+            await self.driver.create_vm(vm_id, SPEC)
+            await self.driver.exec(vm_id, TRUE)
+
+        await self.timed("root VM: create → first exec", boot)
+        return vm_id
+
+    async def commit(self, name: str, vm_id: str) -> str:
+        commit_id = self.new_id("commit")
+        await self.timed(f"{name}: commit call", lambda: self.driver.commit(vm_id, commit_id))
+        record = json.loads((self.state_dir / "commits" / commit_id / "commit.json").read_text())
+        self.record(f"{name}: commit pause (VM stopped)", record["pause_seconds"])
+        return commit_id
+
+    async def restore(self, commit_id: str, count: int) -> list[str]:
+        vm_ids = [self.new_id("restored") for _ in range(count)]
+
+        async def restore_and_exec() -> None:
+            await self.driver.restore(commit_id, vm_ids)
+            await asyncio.gather(*(self.driver.exec(vm_id, TRUE) for vm_id in vm_ids))
+
+        await self.timed(f"restore {count} from a commit → first exec in all", restore_and_exec)
+        return vm_ids
+
+    async def branch(self, vm_id: str, count: int) -> list[str]:
+        vm_ids = [self.new_id("branched") for _ in range(count)]
+
+        async def branch_and_exec() -> None:
+            await self.driver.branch(vm_id, self.new_id("commit"), vm_ids)
+            await asyncio.gather(*(self.driver.exec(new_id, TRUE) for new_id in vm_ids))
+
+        await self.timed(f"branch {count} from a running VM → first exec in all", branch_and_exec)
+        return vm_ids
+
+    async def exec_round_trips(self, vm_id: str, count: int) -> None:
+        for _ in range(count):
+            await self.timed("exec `true` round trip", lambda: self.driver.exec(vm_id, TRUE))
+
+    def memory(self, name: str, vm_ids: list[str]) -> None:
+        for vm_id in vm_ids:
+            pid = int((self.state_dir / "vms" / vm_id / "qemu.pid").read_text())
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+            fields = {line.split()[0].rstrip(":"): int(line.split()[1]) for line in rollup[1:]}
+            self.record(f"{name}: RSS MiB", fields["Rss"] / 1024)
+            self.record(f"{name}: PSS MiB", fields["Pss"] / 1024)
+
+
+async def measure(runs: int, bench: Bench) -> None:
+    driver = bench.driver
+
+    async def delete(vm_ids: list[str]) -> None:
+        # One measurement at a time: on two cores every extra TCG guest slows the next one.
+        for vm_id in vm_ids:
+            await driver.delete_vm(vm_id)
+
+    try:
+        root = await bench.first_exec_of_root()
+        for _ in range(runs - 1):
+            await delete([await bench.first_exec_of_root()])
+        await bench.exec_round_trips(root, 30)
+        commits = [await bench.commit("root VM", root) for _ in range(runs)]
+        for commit in commits:
+            await delete(await bench.restore(commit, 1))
+        for commit in commits:
+            await delete(await bench.restore(commit, 3))
+        for commit in commits:
+            (restored,) = await driver.restore(commit, [bench.new_id("source")])
+            await bench.exec_round_trips(restored.vm_id, 10)
+            await bench.commit("restored VM", restored.vm_id)
+            await delete([restored.vm_id])
+        for _ in range(runs):
+            await delete(await bench.branch(root, 1))
+        for _ in range(runs):
+            await delete(await bench.branch(root, 3))
+        # Memory of VMs that have only idled since they were made.
+        idle_branches = await bench.restore(commits[0], 3)
+        await asyncio.sleep(IDLE_SECONDS)
+        bench.memory("idle root VM", [root])
+        bench.memory("idle VM restored from a commit (3 alive)", idle_branches)
+    finally:
+        inventory = await driver.inventory()
+        await delete([vm.vm_id for vm in inventory.vms])
+        for commit in inventory.commits:
+            await driver.delete_commit(commit.commit_id)
+        await driver.close()
+
+
+def table(samples: dict[str, list[float]]) -> str:
+    lines = ["| Measurement | median | min | max | n |", "|---|---:|---:|---:|---:|"]
+    for name, values in samples.items():
+        unit = "" if "MiB" in name else " s"
+        lines.append(
+            f"| {name} | {statistics.median(values):.3f}{unit} | {min(values):.3f}{unit} "
+            f"| {max(values):.3f}{unit} | {len(values)} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--accelerator", default="auto", choices=("auto", "kvm", "tcg"))
+    args = parser.parse_args()
+    ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr))
+    scratch = Path(tempfile.mkdtemp(prefix="vers-driver-bench-"))
+    runtime = Path(f"/dev/shm/vers-orch-bench-{secrets.token_hex(4)}")
+    try:
+        driver = QemuDriver(
+            QemuDriverConfig(
+                state_dir=scratch,
+                runtime_dir=runtime,
+                images_dir=IMAGES_DIR,
+                accelerator=args.accelerator,
+            )
+        )
+        bench = Bench(driver, scratch)
+        asyncio.run(measure(args.runs, bench))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(runtime, ignore_errors=True)
+    qemu_version = subprocess.run(
+        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=True
+    ).stdout.splitlines()[0]
+    header = (
+        f"Accelerator: **{driver.accelerator.name}**, {qemu_version}, {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores, guest 256 MiB / 1 vCPU, {args.runs} runs."
+    )
+    print(header)
+    print()
+    print(table(bench.samples))
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(
+        json.dumps(
+            {
+                "accelerator": driver.accelerator.name,
+                "qemu": qemu_version,
+                "runs": args.runs,
+                "samples": bench.samples,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
