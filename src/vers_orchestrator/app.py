@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from typing import Any, cast
 
-from litestar import Litestar
+from litestar import Litestar, Router
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -23,6 +26,7 @@ from vers_orchestrator.api import (
     repositories,
     system,
 )
+from vers_orchestrator.api.access_log import AccessLog
 from vers_orchestrator.api.errors import EXCEPTION_HANDLERS
 from vers_orchestrator.api.middleware import ApiMiddleware, RequestContextMiddleware
 from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
@@ -68,7 +72,12 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
                 await purge
             await db.close()
 
-    app = Litestar(
+    # The middleware sits on this router, not the app: the interactive docs that Litestar
+    # adds beside it stay public without a per-request path check.
+    api = Router(
+        path="/",
+        # Litestar's middleware types are TypedDict unions; ApiMiddleware takes plain dicts.
+        middleware=[DefineMiddleware(cast(Any, ApiMiddleware))],
         route_handlers=[
             repositories.create_repository,
             repositories.list_repositories,
@@ -100,7 +109,9 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             system.health,
             openapi.openapi_document,
         ],
-        middleware=[ApiMiddleware()],
+    )
+    app = Litestar(
+        route_handlers=[api],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,
@@ -119,4 +130,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             ),
         ),
     )
-    return RequestContextMiddleware(app)
+    access_log = AccessLog(
+        sys.stderr, enabled=logging.getLevelName(settings.log_level) <= logging.INFO
+    )
+    return RequestContextMiddleware(app, access_log)

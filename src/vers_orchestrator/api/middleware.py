@@ -10,22 +10,16 @@ this order, each step before the body is even read:
 
 from __future__ import annotations
 
-import logging
+import random
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
-from litestar.enums import ScopeType
-from litestar.middleware import ASGIMiddleware
-from litestar.types import ASGIApp, Receive, Scope, Send
-
+from vers_orchestrator.api.access_log import AccessLog
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
 from vers_orchestrator.errors import PayloadTooLarge, UnsupportedMediaType
 from vers_orchestrator.services import idempotency
-
-access_log = logging.getLogger("vers_orchestrator.access")
 
 # Litestar types ASGI messages as TypedDict unions that mypy cannot narrow by their
 # "type" key; the functions below build and inspect raw messages as plain dicts.
@@ -39,33 +33,36 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_REQUEST_ID = 256
 
 
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    for key, value in scope["headers"]:
-        if key == name:
-            return value
-    return None
-
-
-def _caller_request_id(scope: Scope) -> str | None:
+def _caller_request_id(headers: dict[bytes, bytes]) -> str | None:
     for name in (b"x-request-id", b"x-operation-id"):
-        value = _header(scope, name)
+        value = headers.get(name)
         if value and len(value) <= _MAX_REQUEST_ID and all(0x20 < b < 0x7F for b in value):
             return value.decode("ascii")
     return None
 
 
+def _new_request_id() -> str:
+    """A random UUIDv4, without `uuid.uuid4()`'s system call and object: ids for logs
+    need to be unique, not unpredictable."""
+    value = random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
+    text = f"{value | (0x4000 << 64) | (0x8000 << 48):032x}"
+    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
+
+
 class RequestContextMiddleware:
     """Outermost layer: every response carries `X-Request-Id`; every request is logged."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, access_log: AccessLog) -> None:
         self._app: RawApp = app
+        self._access_log = access_log
 
     async def __call__(self, scope: Any, receive: RawReceive, send: RawSend) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
             return
         started = time.perf_counter()
-        context = RequestContext(_caller_request_id(scope) or str(uuid.uuid4()))
+        headers = dict(scope["headers"])
+        context = RequestContext(_caller_request_id(headers) or _new_request_id(), headers)
         scope[CONTEXT_KEY] = context
         request_id_header = (b"x-request-id", context.request_id.encode("ascii"))
         status = 500
@@ -80,61 +77,63 @@ class RequestContextMiddleware:
         try:
             await self._app(scope, receive, send_with_request_id)
         finally:
-            access_log.info(
-                "request_id=%s method=%s path=%s status=%d duration_ms=%.2f key_id=%s",
+            self._access_log.write(
                 context.request_id,
                 scope["method"],
                 scope["path"],
                 status,
                 (time.perf_counter() - started) * 1000,
-                context.api_key_id or "-",
+                context.api_key_id,
             )
 
 
-class ApiMiddleware(ASGIMiddleware):
-    scopes = (ScopeType.HTTP,)
-    # The interactive docs are public, like the document they render.
-    exclude_path_pattern = ("^/docs",)
+class ApiMiddleware:
+    """Route-level middleware; Litestar builds one around each route handler.
 
-    async def handle(self, scope: Scope, receive: Receive, send: Send, next_app: ASGIApp) -> None:
+    A plain ASGI callable rather than Litestar's `ASGIMiddleware`, whose per-request
+    exclusion checks this project does not use.
+    """
+
+    def __init__(self, app: Any) -> None:
+        self._app: RawApp = app
+
+    async def __call__(self, scope: Any, receive: RawReceive, send: RawSend) -> None:
         runtime: Runtime = scope["litestar_app"].state[RUNTIME_KEY]
+        context: RequestContext = scope[CONTEXT_KEY]
+        headers = context.headers
         handler = scope["route_handler"]
         principal = None
         if not handler.opt.get(PUBLIC):
             principal = await runtime.authenticator.authenticate(
-                (_header(scope, b"authorization") or b"").decode("latin-1")
+                headers.get(b"authorization", b"").decode("latin-1")
             )
             scope["auth"] = principal
-            context: RequestContext | None = scope.get(CONTEXT_KEY)  # type: ignore[assignment]
-            if context is not None:
-                context.api_key_id = principal.api_key_id
-        if "data" in handler.parsed_fn_signature.parameters:
-            _require_json(scope, handler.parsed_fn_signature.parameters["data"].has_default)
-        idempotency_key = _header(scope, b"x-idempotency-key")
-        method: str = scope["method"]  # type: ignore[typeddict-item]  # HTTP scopes only
-        if principal is None or idempotency_key is None or method not in MUTATING_METHODS:
-            await next_app(scope, receive, send)
+            context.api_key_id = principal.api_key_id
+        body_parameter = handler.parsed_fn_signature.parameters.get("data")
+        if body_parameter is not None:
+            _require_json(headers, body_parameter.has_default)
+        idempotency_key = headers.get(b"x-idempotency-key")
+        if principal is None or idempotency_key is None or scope["method"] not in MUTATING_METHODS:
+            await self._app(scope, receive, send)
             return
         await _run_idempotently(
             runtime,
             principal.api_key_id,
             idempotency_key.decode("latin-1"),
             scope,
-            receive,  # type: ignore[arg-type]
-            send,  # type: ignore[arg-type]
-            next_app,  # type: ignore[arg-type]
+            receive,
+            send,
+            self._app,
         )
 
 
-def _require_json(scope: Scope, body_optional: bool) -> None:
-    content_type = _header(scope, b"content-type")
+def _require_json(headers: dict[bytes, bytes], body_optional: bool) -> None:
+    content_type = headers.get(b"content-type")
     if content_type is not None:
         media_type = content_type.split(b";", 1)[0].strip().lower()
         if media_type == b"application/json":
             return
-    has_body = (_header(scope, b"content-length") or b"0") != b"0" or (
-        _header(scope, b"transfer-encoding") is not None
-    )
+    has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
     if has_body or not body_optional:
         raise UnsupportedMediaType()
 

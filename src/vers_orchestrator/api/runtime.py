@@ -24,9 +24,12 @@ class Runtime:
 
 @dataclass(slots=True)
 class RequestContext:
-    """Per-request facts the access log needs; set by the outermost middleware."""
+    """Per-request facts, set by the outermost middleware: the request's headers by
+    (lowercase) name, looked up several times per request, and what the access log needs.
+    """
 
     request_id: str
+    headers: dict[bytes, bytes]
     api_key_id: str | None = None
 
 

@@ -41,7 +41,9 @@ def _adapt(args: tuple[Any, ...]) -> tuple[Any, ...]:
     # Timestamps are stored as fixed-width UTC text so that they sort as they compare.
     if any(isinstance(a, datetime) for a in args):
         return tuple(
-            a.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(a, datetime) else a
+            a.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+            if isinstance(a, datetime)
+            else a
             for a in args
         )
     return args
