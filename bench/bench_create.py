@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -188,31 +189,52 @@ def run_wrk(target: str, pid: int, port: int, key: str, connections: int, durati
     )
 
 
+def median_result(runs: list[Result]) -> Result:
+    """Per field, the median over repeated runs: this machine varies ±30% run to run."""
+    return Result(
+        target=runs[0].target,
+        connections=runs[0].connections,
+        requests_per_second=statistics.median(r.requests_per_second for r in runs),
+        p50_ms=statistics.median(r.p50_ms for r in runs),
+        p99_ms=statistics.median(r.p99_ms for r in runs),
+        non_2xx=sum(r.non_2xx for r in runs),
+        socket_errors=sum(r.socket_errors for r in runs),
+        cpu_us_per_request=statistics.median(r.cpu_us_per_request for r in runs),
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, nargs="+", default=[32, 128])
     parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="rounds over all targets; medians are reported"
+    )
     args = parser.parse_args()
-    results: list[Result] = []
+    runs: dict[tuple[str, int], list[Result]] = {}
     with tempfile.TemporaryDirectory(prefix="vers-bench-") as scratch:
-        for index, target in enumerate(args.targets):
-            workdir = Path(scratch) / target
-            workdir.mkdir()
-            port = 18080 + index
-            process, key = start_target(target, workdir, port)
-            try:
-                for connections in args.connections:
-                    result = run_wrk(target, process.pid, port, key, connections, args.duration)
-                    results.append(result)
-                    print(result, file=sys.stderr)
-            finally:
-                process.send_signal(signal.SIGTERM)
-                process.wait(timeout=60)
+        # Rounds interleave the targets, so a noisy minute hurts each of them alike.
+        for round_number in range(args.repeat):
+            for index, target in enumerate(args.targets):
+                workdir = Path(scratch) / f"{target}-{round_number}"
+                workdir.mkdir()
+                port = 18080 + index
+                process, key = start_target(target, workdir, port)
+                try:
+                    for connections in args.connections:
+                        result = run_wrk(target, process.pid, port, key, connections, args.duration)
+                        runs.setdefault((target, connections), []).append(result)
+                        print(result, file=sys.stderr)
+                finally:
+                    process.send_signal(signal.SIGTERM)
+                    process.wait(timeout=60)
+    results = [median_result(r) for r in runs.values()]
     floors = {
         (r.target.split("-")[1], r.connections): r for r in results if r.target.startswith("floor")
     }
     print(
+        f"Medians of {args.repeat} rounds of {args.duration} s.\n\n"
         "| target | connections | req/s | p50 ms | p99 ms | non-2xx | socket errors"
         " | server CPU µs/req | req/s vs floor |"
     )
