@@ -101,7 +101,15 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
 
     created = _with_database(
         settings,
-        lambda db: keys.create(db, args.org, args.user, email=args.email, label=args.label),
+        lambda db: keys.create(
+            db,
+            args.org,
+            args.user,
+            email=args.email,
+            label=args.label,
+            max_vcpus=args.max_vcpus,
+            max_memory_mib=args.max_memory_mib,
+        ),
     )
     if args.format == "json":
         print(
@@ -205,6 +213,10 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--user", required=True, help="user name")
     create.add_argument("--email")
     create.add_argument("--label")
+    create.add_argument("--max-vcpus", type=int, help="vCPUs the key's live VMs may use together")
+    create.add_argument(
+        "--max-memory-mib", type=int, help="MiB of RAM the key's live VMs may use together"
+    )
     create.add_argument("--format", choices=("text", "json"), default="text")
     create.set_defaults(run=_keys_create)
 

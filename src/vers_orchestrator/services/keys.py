@@ -58,8 +58,16 @@ async def create(
     email: str | None = None,
     label: str | None = None,
     expires_at: datetime | None = None,
+    max_vcpus: int | None = None,
+    max_memory_mib: int | None = None,
 ) -> CreatedKey:
-    """A new key for `user_name` in `org_name`, creating the organization and user if missing."""
+    """A new key for `user_name` in `org_name`, creating the organization and user if missing.
+
+    `max_vcpus` and `max_memory_mib` cap what the key's live VMs may use together.
+    """
+    for field, limit in (("max_vcpus", max_vcpus), ("max_memory_mib", max_memory_mib)):
+        if limit is not None and not 0 <= limit <= 2**31 - 1:
+            raise InvalidField(f"{field} must be between 0 and {2**31 - 1}")
     for field, value in (("organization name", org_name), ("user name", user_name)):
         problem = name_problem(value, ORG_NAME_MAX)
         if problem is not None:
@@ -87,6 +95,8 @@ async def create(
             auth.hash_secret(key.secret),
             now,
             expires_at,
+            max_vcpus,
+            max_memory_mib,
         )
         return CreatedKey(
             api_key=key.token,

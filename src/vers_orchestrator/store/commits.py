@@ -161,9 +161,14 @@ async def chain(tx: Tx, commit_id: str) -> list[Commit]:
 
 
 async def count_live_vms(tx: Tx, commit_id: str) -> int:
-    """How many VMs that are not deleted were started from this commit.
+    """How many VMs that are not deleted were started from this commit (dead ones count:
+    they still need a delete)."""
+    count: int = await tx.fetch_value(
+        "SELECT count(*) FROM vms WHERE parent_commit_id = $1 AND deleted_at IS NULL", commit_id
+    )
+    return count
 
-    VMs arrive with issue 5; until its `vms` table exists no VM can stem from a commit.
-    That issue replaces this body with a count over `vms.parent_commit_id` (indexed).
-    """
-    return 0
+
+async def delete_row(tx: Tx, commit_id: str) -> None:
+    """Forget a commit entirely: only for undoing a fork that failed, before anyone saw it."""
+    await tx.execute("DELETE FROM commits WHERE commit_id = $1", commit_id)

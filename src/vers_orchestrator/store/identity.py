@@ -125,11 +125,12 @@ async def insert_api_key(
     secret_hash: str,
     now: datetime,
     expires_at: datetime | None,
+    max_vcpus: int | None = None,
+    max_memory_mib: int | None = None,
 ) -> None:
     await tx.execute(
-        "INSERT INTO api_keys"
-        " (api_key_id, org_id, user_id, label, secret_hash, created_at, expires_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO api_keys (api_key_id, org_id, user_id, label, secret_hash, created_at,"
+        " expires_at, max_vcpus, max_memory_mib) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
         api_key_id,
         org_id,
         user_id,
@@ -137,6 +138,8 @@ async def insert_api_key(
         secret_hash,
         now,
         expires_at,
+        max_vcpus,
+        max_memory_mib,
     )
 
 

@@ -173,3 +173,50 @@ sa.Index(
     sqlite_where=sa.text("is_public"),
     postgresql_where=sa.text("is_public"),
 )
+
+# VMs. A row is written before the driver is asked to make the VM (state `creating`) and
+# updated with the outcome; `deleted_at` is set once the VM is gone (deleted, or failed to
+# start), and only rows without it count as live.
+vms = sa.Table(
+    "vms",
+    metadata,
+    sa.Column("vm_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    # The commit it was restored or branched from; NULL for a root VM.
+    sa.Column("parent_commit_id", Id, sa.ForeignKey("commits.commit_id"), nullable=True),
+    # creating, running, paused, deleting, dead, deleted, failed
+    sa.Column("state", sa.Text(), nullable=False),
+    sa.Column("vcpus", sa.Integer(), nullable=False),
+    sa.Column("mem_mib", sa.Integer(), nullable=False),
+    sa.Column("disk_mib", sa.Integer(), nullable=False),
+    # A JSON object of string values.
+    sa.Column("labels", sa.Text(), nullable=False),
+    sa.Column("ssh_port", sa.Integer(), nullable=True),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("deleted_at", Timestamp, nullable=True),
+)
+_LIVE_VM = "deleted_at IS NULL"
+# GET /vm: an organization's live VMs, oldest first.
+sa.Index(
+    "ix_vms_org_created",
+    vms.c.org_id,
+    vms.c.created_at,
+    vms.c.vm_id,
+    sqlite_where=sa.text(_LIVE_VM),
+    postgresql_where=sa.text(_LIVE_VM),
+)
+# Limits: what one key's live VMs use together.
+sa.Index(
+    "ix_vms_owner_live",
+    vms.c.owner_id,
+    sqlite_where=sa.text(_LIVE_VM),
+    postgresql_where=sa.text(_LIVE_VM),
+)
+# DELETE /commits/{id}: the live VMs that stem from a commit.
+sa.Index(
+    "ix_vms_parent_commit_live",
+    vms.c.parent_commit_id,
+    sqlite_where=sa.text(_LIVE_VM),
+    postgresql_where=sa.text(_LIVE_VM),
+)

@@ -628,18 +628,21 @@ class QemuDriver:
         return argv
 
     async def _launch(self, argv: list[str], vm_id: str) -> None:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        # With -daemonize the first process exits once the VM is set up; errors come before.
-        _, stderr = await process.communicate()
-        if process.returncode != 0:
-            raise DriverError(
-                f"QEMU for {vm_id} failed to start: {stderr.decode(errors='replace').strip()}"
+        # Errors go to a file, not a pipe: under uvloop the daemonized QEMU keeps a pipe's
+        # write end open, so reading it to its end would wait for as long as the VM lives.
+        errors_path = self._layout.vm_dir(vm_id) / "launch.err"
+        with errors_path.open("wb") as errors:
+            process = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.DEVNULL,
+                stderr=errors,
             )
+        # With -daemonize the first process exits once the VM is set up; errors come before.
+        returncode = await process.wait()
+        if returncode != 0:
+            stderr = errors_path.read_text(errors="replace").strip()
+            raise DriverError(f"QEMU for {vm_id} failed to start: {stderr}")
 
     async def _destroy(self, vm_id: str) -> None:
         agent = self._agents.pop(vm_id, None)
