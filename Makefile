@@ -35,8 +35,11 @@ format: install
 	$(BIN)/ruff format src tests bench
 	$(BIN)/ruff check --fix src tests bench
 
+# Loads a real server on loopback; see bench/README.md for what each measures.
 bench: install
-	bench/run.sh
+	$(BIN)/python bench/bench_create.py
+	$(BIN)/python bench/registry_bench.py
+	$(BIN)/python bench/driver_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
