@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -29,6 +30,9 @@ T = TypeVar("T")
 
 VERS_ORCHESTRATOR = str(Path(sys.executable).parent / "vers-orchestrator")
 POSTGRES_URL_VARIABLE = "VERS_ORCHESTRATOR_TEST_POSTGRES_URL"
+REPO = Path(__file__).resolve().parents[1]
+# The default image, built once per machine and shared by every test (see tests/drivers).
+IMAGES_DIR = REPO / "build" / "images"
 SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 
 
@@ -45,25 +49,32 @@ class Backend:
     _drop: Callable[[], None] | None = None
 
     @classmethod
-    def create(cls, kind: str, directory: Path) -> Backend:
+    def create(cls, kind: str, directory: Path, **settings: str) -> Backend:
+        """`settings` are more `VERS_ORCHESTRATOR_*` variables, e.g. `MAX_VMS="0"`."""
         directory.mkdir(parents=True, exist_ok=True)
+        # VM RAM and sockets: private to this backend's servers, short for unix sockets.
+        runtime_dir = f"/dev/shm/vo-test-{uuid.uuid4().hex[:8]}"
         env = {
             **os.environ,
             "VERS_ORCHESTRATOR_DATA_DIR": str(directory / "data"),
             "VERS_ORCHESTRATOR_LOG_LEVEL": "INFO",
+            "VERS_ORCHESTRATOR_IMAGES_DIR": str(IMAGES_DIR),
+            "VERS_ORCHESTRATOR_VM_RUNTIME_DIR": runtime_dir,
+            **{f"VERS_ORCHESTRATOR_{name}": value for name, value in settings.items()},
         }
         env.pop("VERS_ORCHESTRATOR_DATABASE_URL", None)
         if kind == "sqlite":
-            return cls(kind, env)
+            return cls(kind, env, lambda: shutil.rmtree(runtime_dir, ignore_errors=True))
         admin_url = os.environ[POSTGRES_URL_VARIABLE]
         database = f"vers_test_{uuid.uuid4().hex[:16]}"
         _postgres_admin(admin_url, f'CREATE DATABASE "{database}"')
         env["VERS_ORCHESTRATOR_DATABASE_URL"] = admin_url.rsplit("/", 1)[0] + "/" + database
-        return cls(
-            kind,
-            env,
-            lambda: _postgres_admin(admin_url, f'DROP DATABASE "{database}" WITH (FORCE)'),
-        )
+
+        def drop() -> None:
+            shutil.rmtree(runtime_dir, ignore_errors=True)
+            _postgres_admin(admin_url, f'DROP DATABASE "{database}" WITH (FORCE)')
+
+        return cls(kind, env, drop)
 
     def drop(self) -> None:
         if self._drop is not None:

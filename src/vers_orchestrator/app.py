@@ -25,13 +25,16 @@ from vers_orchestrator.api import (
     public,
     repositories,
     system,
+    vms,
 )
 from vers_orchestrator.api.access_log import AccessLog
 from vers_orchestrator.api.errors import EXCEPTION_HANDLERS
 from vers_orchestrator.api.middleware import ApiMiddleware, RequestContextMiddleware
 from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
+from vers_orchestrator.drivers import create_driver
 from vers_orchestrator.services import idempotency
 from vers_orchestrator.services.keys import Authenticator
+from vers_orchestrator.services.vms import Vms
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store.connect import open_database
 from vers_orchestrator.store.database import Database
@@ -56,10 +59,20 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await open_database(settings)
+        driver = create_driver(settings)
+        vm_service = Vms(db, driver, settings)
+        try:
+            # VMs keep running while the server is down: find them again before serving.
+            await vm_service.reconcile()
+        except BaseException:
+            await driver.close()
+            await db.close()
+            raise
         app.state[RUNTIME_KEY] = Runtime(
             settings=settings,
             db=db,
             authenticator=Authenticator(db, settings.auth_cache_seconds),
+            vms=vm_service,
         )
         purge = asyncio.create_task(
             _purge_idempotency_records(db, timedelta(seconds=settings.idempotency_ttl_seconds))
@@ -70,6 +83,8 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             purge.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purge
+            await vm_service.close()
+            await driver.close()
             await db.close()
 
     # The middleware sits on this router, not the app: the interactive docs that Litestar
@@ -103,6 +118,29 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             commits.update_commit,
             commits.delete_commit,
             commits.list_parent_commits,
+            vms.create_new_root_vm,
+            vms.list_vms,
+            vms.list_vms_plural,
+            vms.vm_status,
+            vms.get_vm_metadata,
+            vms.update_vm_state,
+            vms.delete_vm,
+            vms.resize_vm_disk,
+            vms.exec_vm,
+            vms.read_file_vm,
+            vms.write_file_vm,
+            vms.ssh_key,
+            vms.label_vm,
+            vms.replace_vm_labels,
+            vms.delete_vm_label,
+            vms.commit_vm,
+            vms.restore_from_commit,
+            vms.branch_vm,
+            vms.branch_by_vm,
+            vms.branch_by_commit,
+            vms.branch_by_tag,
+            vms.branch_by_ref,
+            vms.fork_repository,
             identity.whoami_handler,
             identity.validate_key,
             system.version_handler,

@@ -49,6 +49,21 @@ class NoUpdatesProvided(BadRequest):
     message = "no updates provided"
 
 
+class InvalidVmId(BadRequest):
+    message = "Invalid URL: vm_id must be a UUID"
+
+
+class InvalidRef(BadRequest):
+    message = "Invalid ref format. Expected 'repo_name:tag_name'"
+
+
+class GuestRefused(BadRequest):
+    """The guest agent refused a request (a missing directory, a permission)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the VM refused: {reason}")
+
+
 # 401
 class Unauthorized(VersError):
     status_code = 401
@@ -68,6 +83,16 @@ class Forbidden(VersError):
     message = "forbidden"
 
 
+class KeyLimitExceeded(Forbidden):
+    """The caller's API key may not use more vCPUs or memory for its live VMs."""
+
+    def __init__(self, resource: str, limit: int, used: int, requested: int) -> None:
+        super().__init__(
+            f"{resource} limit exceeded: this API key's VMs may use {limit} in total,"
+            f" {used} in use, {requested} requested"
+        )
+
+
 # 404
 class NotFound(VersError):
     status_code = 404
@@ -84,6 +109,28 @@ class TagNotFound(NotFound):
 
 class CommitNotFound(NotFound):
     message = "commit not found"
+
+
+class ProvidedCommitNotFound(NotFound):
+    # The hosted text of the branch endpoints when the tag's commit is gone.
+    message = "provided commit not found"
+
+
+class VmNotFound(NotFound):
+    message = "vm not found"
+
+
+class VmOrCommitNotFound(NotFound):
+    message = "vm or commit not found"
+
+
+class GuestFileNotFound(NotFound):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"file not found in the VM: {path}")
+
+
+class ForkSourceNotFound(NotFound):
+    message = "source repository or tag not found (must be public)"
 
 
 # 409
@@ -106,6 +153,11 @@ class TagAlreadyExists(Conflict):
 class CommitHasActiveVms(Conflict):
     def __init__(self, count: int) -> None:
         super().__init__(f"commit still has {count} active VM(s)")
+
+
+class VmNotRunning(Conflict):
+    def __init__(self, state: str) -> None:
+        super().__init__(f"vm is {state}")
 
 
 class RequestInProgress(Conflict):
@@ -133,10 +185,25 @@ class IdempotencyKeyReused(Unprocessable):
     message = "X-Idempotency-Key was already used for a different request"
 
 
+# 429
+class ServerAtCapacity(VersError):
+    status_code = 429
+
+    def __init__(self, resource: str, limit: int, used: int, requested: int) -> None:
+        super().__init__(
+            f"server at capacity: at most {limit} {resource} for all VMs, {used} in use,"
+            f" {requested} requested"
+        )
+
+
 # 500
 class InternalError(VersError):
     status_code = 500
     message = "internal server error"
+
+
+class VmOperationFailed(InternalError):
+    """The hypervisor failed; the details are in the server's log, not in the response."""
 
 
 # 503

@@ -34,6 +34,10 @@ class Settings:
     # VM RAM and QEMU sockets: tmpfs, and short, as unix socket paths are limited to 107 bytes.
     # The driver refuses it unless it is a directory of ours that only we can enter.
     vm_runtime_dir: Path = Path("/dev/shm/vers-orchestrator")  # noqa: S108
+    # Server-wide caps on live VMs, checked before a VM is made (429 beyond them). Memory
+    # counts each VM's full RAM size; 0 means three quarters of the host's memory.
+    max_vms: int = 32
+    max_vm_memory_mib: int = 0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -61,6 +65,8 @@ class Settings:
                 images_dir=_optional_path(get("IMAGES_DIR")),
                 vm_state_dir=_optional_path(get("VM_STATE_DIR")),
                 vm_runtime_dir=Path(get("VM_RUNTIME_DIR") or defaults.vm_runtime_dir),
+                max_vms=int(get("MAX_VMS") or defaults.max_vms),
+                max_vm_memory_mib=int(get("MAX_VM_MEMORY_MIB") or defaults.max_vm_memory_mib),
             )
         except ValueError as exc:
             raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc
@@ -72,6 +78,13 @@ class Settings:
     @property
     def effective_vm_state_dir(self) -> Path:
         return self.vm_state_dir or self.data_dir / "vm-state"
+
+    @property
+    def effective_max_vm_memory_mib(self) -> int:
+        if self.max_vm_memory_mib:
+            return self.max_vm_memory_mib
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        return pages * 3 // 4 // (1024 * 1024)
 
     @property
     def effective_database_url(self) -> str:

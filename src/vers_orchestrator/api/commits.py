@@ -134,7 +134,8 @@ async def update_commit(
     ),
 )
 async def delete_commit(request: AnyRequest, commit_id: CommitId) -> None:
-    await commits.delete(runtime(request).db, principal(request), commit_id)
+    # Through the VM service: the snapshot's data on the host goes with the commit.
+    await runtime(request).vms.delete_commit(principal(request), commit_id)
 
 
 @get(

@@ -9,6 +9,7 @@ from litestar import Request
 
 from vers_orchestrator.auth import Principal
 from vers_orchestrator.services.keys import Authenticator
+from vers_orchestrator.services.vms import Vms
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store.database import Database
 
@@ -20,6 +21,7 @@ class Runtime:
     settings: Settings
     db: Database
     authenticator: Authenticator
+    vms: Vms
 
 
 @dataclass(slots=True)

@@ -1,0 +1,302 @@
+"""The whole story through the official SDK, against a real server with real QEMU VMs.
+
+One server on SQLite for the module, its VMs shared by the tests in order (each test
+continues from the previous one's VMs, as a user would): boot, exec, files, commit, tag,
+branch by reference, publish, fork by another organization, restart with a dead VM.
+Everything the module made is deleted at the end, and no QEMU process of it survives.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from vers_sdk.errors import APIError
+from vers_sdk.models import BranchByRefParams, CreateNewRootVmParams, ReadFileVmParams
+
+from tests.support import Backend, Key, Server, make_key, sdk_call, unique_name
+
+pytestmark = pytest.mark.slow
+
+# Under TCG on two cores a boot takes 5-10 s; leave room for a loaded CI machine.
+SLOW_CALL = {"timeout": 240.0}
+ROOT_CONFIG = {"vcpu_count": 1, "mem_size_mib": 256, "fs_size_mib": 1024}
+# Bytes no text encoding survives, to show that files are carried byte for byte.
+PAYLOAD = b"\x00\xff\xfe binary \r\n\x80 end"
+COUNTER = ["sh", "-c", "n=$(cat /root/counter); echo $((n + 1)) > /root/counter; cat /root/counter"]
+
+
+class Story:
+    """What the tests of this module share: the server, two organizations, the VMs."""
+
+    def __init__(self, backend: Backend, server: Server, owner: Key, other: Key) -> None:
+        self.backend = backend
+        self.server = server
+        self.owner = owner
+        self.other = other
+        self.repo = unique_name("app")
+        self.values: dict[str, Any] = {}
+
+    def sdk(self, key: Key, call: Any) -> Any:
+        return sdk_call(self.server, key.token, call, **SLOW_CALL)
+
+    def runtime_dir(self) -> str:
+        return self.backend.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
+
+    def state_dir(self) -> Path:
+        return Path(self.backend.env["VERS_ORCHESTRATOR_DATA_DIR"]) / "vm-state"
+
+
+def _qemu_processes(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"qemu-system" in cmdline and marker.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
+def _delete_everything(story: Story) -> None:
+    for key in (story.owner, story.other):
+        with story.server.client(key.token) as client:
+            listed = client.get("/api/v1/vm")
+            if listed.status_code != 200:
+                continue
+            for vm in listed.json():
+                client.delete(f"/api/v1/vm/{vm['vm_id']}", timeout=120)
+
+
+@pytest.fixture(scope="module")
+def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
+    backend = Backend.create("sqlite", tmp_path_factory.mktemp("vms"))
+    server = Server(backend, tmp_path_factory.mktemp("vms-server") / "server.log").start()
+    shared = Story(backend, server, make_key(backend), make_key(backend))
+    try:
+        yield shared
+    finally:
+        try:
+            if shared.server.process is not None and shared.server.process.poll() is None:
+                _delete_everything(shared)
+        finally:
+            shared.server.stop()
+            leftovers = _qemu_processes(shared.runtime_dir())
+            for pid in leftovers:
+                os.kill(pid, signal.SIGKILL)
+            backend.drop()
+        assert leftovers == [], "VMs outlived the module"
+
+
+def _exec(story: Story, key: Key, vm_id: str, command: list[str], **extra: Any) -> Any:
+    return story.sdk(key, lambda c: c.exec_vm(vm_id, {"command": command, **extra}))
+
+
+def _read(story: Story, key: Key, vm_id: str, path: str) -> bytes:
+    found = story.sdk(key, lambda c: c.read_file_vm(vm_id, ReadFileVmParams(path=path)))
+    return base64.b64decode(found["content_b64"])
+
+
+def test_new_root_boots_and_runs_commands(story: Story) -> None:
+    created = story.sdk(
+        story.owner,
+        lambda c: c.create_new_root_vm(
+            {"vm_config": {**ROOT_CONFIG, "labels": {"role": "root"}}},
+            CreateNewRootVmParams(wait_boot=True),
+        ),
+    )
+    vm_id = created["vm_id"]
+    story.values["root"] = vm_id
+    result = _exec(story, story.owner, vm_id, ["sh", "-c", "echo hello; echo oops >&2; exit 3"])
+    assert (result["exit_code"], result["stdout"], result["stderr"]) == (3, "hello\n", "oops\n")
+    status = story.sdk(story.owner, lambda c: c.vm_status(vm_id))
+    assert status["state"] == "running"
+    assert status["owner_id"] == story.owner.api_key_id
+    assert status["labels"] == {"role": "root"}
+    metadata = story.sdk(story.owner, lambda c: c.get_vm_metadata(vm_id))
+    assert metadata["vcpu_count"] == 1
+    assert metadata["mem_size_mib"] == 256
+    assert metadata["parent_commit_id"] is None
+
+
+def test_exec_is_binary_safe_and_enforces_timeouts(story: Story) -> None:
+    vm_id = story.values["root"]
+    result = _exec(story, story.owner, vm_id, ["cat"], stdin="line one\nline \u00e9\n")
+    assert result["stdout"] == "line one\nline \u00e9\n"
+    raw = _exec(story, story.owner, vm_id, ["printf", "a\\000b\\377c"])
+    assert raw["stdout"] == "a\x00b\ufffdc"
+    started = time.monotonic()
+    slow = _exec(story, story.owner, vm_id, ["sh", "-c", "echo started; sleep 60"], timeout_secs=2)
+    assert slow["exit_code"] == 124
+    assert slow["stdout"] == "started\n"
+    assert time.monotonic() - started < 30
+
+
+def test_files_round_trip_byte_for_byte(story: Story) -> None:
+    vm_id = story.values["root"]
+    body = {
+        "path": "/root/data/payload.bin",
+        "content_b64": base64.b64encode(PAYLOAD).decode(),
+        "create_dirs": True,
+        "mode": 0o600,
+    }
+    story.sdk(story.owner, lambda c: c.write_file_vm(vm_id, body))
+    assert _read(story, story.owner, vm_id, "/root/data/payload.bin") == PAYLOAD
+    mode = _exec(story, story.owner, vm_id, ["stat", "-c", "%a", "/root/data/payload.bin"])
+    assert mode["stdout"] == "600\n"
+    with story.server.client(story.owner.token) as client:
+        missing = client.get(f"/api/v1/vm/{vm_id}/files", params={"path": "/no/such/file"})
+    assert missing.status_code == 404
+    assert missing.json()["error"] == "file not found in the VM: /no/such/file"
+
+
+def test_pause_and_resume(story: Story) -> None:
+    vm_id = story.values["root"]
+    story.sdk(story.owner, lambda c: c.update_vm_state(vm_id, {"state": "Sleeping"}))
+    assert story.sdk(story.owner, lambda c: c.vm_status(vm_id))["state"] == "paused"
+    with story.server.client(story.owner.token) as client:
+        refused = client.post(f"/api/v1/vm/{vm_id}/exec", json={"command": ["true"]})
+    assert refused.status_code == 409
+    assert refused.json()["error"] == "vm is paused"
+    story.sdk(story.owner, lambda c: c.update_vm_state(vm_id, {"state": "Running"}))
+    assert _exec(story, story.owner, vm_id, ["true"])["exit_code"] == 0
+
+
+def test_commit_tag_and_branch_three_by_reference(story: Story) -> None:
+    vm_id = story.values["root"]
+    _exec(story, story.owner, vm_id, ["sh", "-c", "echo 41 > /root/counter"])
+    committed = story.sdk(
+        story.owner, lambda c: c.commit_vm(vm_id, {"name": "base", "description": "state 41"})
+    )
+    commit_id = committed["commit_id"]
+    story.values["commit"] = commit_id
+    listed = story.sdk(story.owner, lambda c: c.list_commits())
+    mine = next(c for c in listed["commits"] if c["commit_id"] == commit_id)
+    assert mine["parent_vm_id"] == vm_id
+    assert mine["grandparent_commit_id"] is None
+    assert mine["name"] == "base"
+    story.sdk(story.owner, lambda c: c.create_repository({"name": story.repo}))
+    story.sdk(
+        story.owner,
+        lambda c: c.create_repo_tag(story.repo, {"tag_name": "v1", "commit_id": commit_id}),
+    )
+    branched = story.sdk(
+        story.owner, lambda c: c.branch_by_ref(story.repo, "v1", None, BranchByRefParams(count=3))
+    )
+    branches = [vm["vm_id"] for vm in branched["vms"]]
+    assert len(set(branches)) == 3
+    for branch in branches:
+        assert _read(story, story.owner, branch, "/root/data/payload.bin") == PAYLOAD
+        assert _exec(story, story.owner, branch, COUNTER)["stdout"] == "42\n"
+        metadata = story.sdk(story.owner, lambda c, b=branch: c.get_vm_metadata(b))
+        assert metadata["parent_commit_id"] == commit_id
+        assert metadata["grandparent_vm_id"] == vm_id
+    # The root goes on on its own: the branches did not touch it.
+    assert _exec(story, story.owner, vm_id, COUNTER)["stdout"] == "42\n"
+    story.values["branches"] = branches
+
+
+def test_a_commit_with_live_vms_cannot_be_deleted(story: Story) -> None:
+    with pytest.raises(APIError) as refused:
+        story.sdk(story.owner, lambda c: c.delete_commit(story.values["commit"]))
+    assert refused.value.status == 409
+    assert refused.value.error_message == "commit still has 3 active VM(s)"
+
+
+def test_branches_are_listed_and_deleted(story: Story) -> None:
+    listed = {vm["vm_id"] for vm in story.sdk(story.owner, lambda c: c.list_vms())}
+    assert listed == {story.values["root"], *story.values["branches"]}
+    for branch in story.values["branches"]:
+        deleted = story.sdk(story.owner, lambda c, b=branch: c.delete_vm(b))
+        assert deleted == {"vm_id": branch}
+    listed = {vm["vm_id"] for vm in story.sdk(story.owner, lambda c: c.list_vms())}
+    assert listed == {story.values["root"]}
+
+
+def test_another_organization_forks_the_public_repository(story: Story) -> None:
+    other = story.other
+    with pytest.raises(APIError) as hidden:
+        story.sdk(other, lambda c: c.vm_status(story.values["root"]))
+    assert hidden.value.status == 404
+    story.sdk(story.owner, lambda c: c.set_repository_visibility(story.repo, {"is_public": True}))
+    forked = story.sdk(
+        other,
+        lambda c: c.fork_repository(
+            {"source_org": story.owner.org_name, "source_repo": story.repo, "source_tag": "v1"}
+        ),
+    )
+    assert forked["repo_name"] == story.repo
+    assert forked["tag_name"] == "v1"
+    assert forked["reference"] == f"{story.repo}:v1"
+    story.values["fork_vm"] = forked["vm_id"]
+    repository = story.sdk(other, lambda c: c.get_repository(story.repo))
+    assert repository["is_public"] is False
+    assert repository["description"] == f"Forked from {story.owner.org_name}/{story.repo}"
+    tag = story.sdk(other, lambda c: c.get_repo_tag(story.repo, "v1"))
+    assert tag["commit_id"] == forked["commit_id"]
+    branched = story.sdk(
+        other, lambda c: c.branch_by_ref(story.repo, "v1", None, BranchByRefParams(count=1))
+    )
+    [vm] = branched["vms"]
+    assert _read(story, other, vm["vm_id"], "/root/data/payload.bin") == PAYLOAD
+    assert _exec(story, other, vm["vm_id"], COUNTER)["stdout"] == "42\n"
+    owned = {found["vm_id"] for found in story.sdk(other, lambda c: c.list_vms())}
+    assert owned == {forked["vm_id"], vm["vm_id"]}
+    story.sdk(other, lambda c: c.delete_vm(vm["vm_id"]))
+
+
+def test_from_commit_by_public_reference(story: Story) -> None:
+    reference = f"{story.owner.org_name}/{story.repo}:v1"
+    created = story.sdk(story.other, lambda c: c.restore_from_commit({"ref": reference}))
+    vm_id = created["vm_id"]
+    assert _exec(story, story.other, vm_id, COUNTER)["stdout"] == "42\n"
+    story.sdk(story.other, lambda c: c.delete_vm(vm_id))
+
+
+def test_a_restart_finds_the_vms_and_a_killed_one_is_dead(story: Story) -> None:
+    root, fork_vm = story.values["root"], story.values["fork_vm"]
+    story.server.stop()
+    pid = int((story.state_dir() / "vms" / fork_vm / "qemu.pid").read_text())
+    os.kill(pid, signal.SIGKILL)
+    story.server.start()
+    assert story.sdk(story.owner, lambda c: c.vm_status(root))["state"] == "running"
+    assert _exec(story, story.owner, root, ["cat", "/root/counter"])["stdout"] == "42\n"
+    assert story.sdk(story.other, lambda c: c.vm_status(fork_vm))["state"] == "dead"
+    with story.server.client(story.other.token) as client:
+        refused = client.post(f"/api/v1/vm/{fork_vm}/exec", json={"command": ["true"]})
+    assert (refused.status_code, refused.json()["error"]) == (409, "vm is dead")
+    story.sdk(story.other, lambda c: c.delete_vm(fork_vm))
+    with story.server.client(story.other.token) as client:
+        assert client.get(f"/api/v1/vm/{fork_vm}/status").status_code == 404
+
+
+def test_ssh_key_and_disk_growth(story: Story) -> None:
+    root = story.values["root"]
+    key = story.sdk(story.owner, lambda c: c.ssh_key(root))
+    assert key["ssh_private_key"].startswith("-----BEGIN")
+    assert key["ssh_port"] > 0
+    story.sdk(story.owner, lambda c: c.resize_vm_disk(root, {"fs_size_mib": 1536}))
+    size = _exec(story, story.owner, root, ["sh", "-c", "df -m / | tail -1"])
+    assert int(size["stdout"].split()[1]) > 1100
+    with story.server.client(story.owner.token) as client:
+        smaller = client.patch(f"/api/v1/vm/{root}/disk", json={"fs_size_mib": 1024})
+    assert smaller.status_code == 400
+
+
+def test_deleting_the_last_vm_leaves_no_process(story: Story) -> None:
+    story.sdk(story.owner, lambda c: c.delete_vm(story.values["root"]))
+    assert story.sdk(story.owner, lambda c: c.list_vms()) == []
+    assert _qemu_processes(story.runtime_dir()) == []
+    with httpx.Client(base_url=story.server.base_url) as client:
+        assert client.get("/health").status_code == 200
