@@ -130,6 +130,27 @@ def test_new_root_boots_and_runs_commands(story: Story) -> None:
     assert metadata["parent_commit_id"] is None
 
 
+def test_other_requests_are_answered_while_a_vm_boots(story: Story) -> None:
+    with story.server.client(story.owner.token) as client:
+        created = client.post(
+            "/api/v1/vm/new_root?wait_boot=false", json={"vm_config": ROOT_CONFIG}
+        )
+        assert created.status_code == 201
+        vm_id = created.json()["vm_id"]
+        assert client.get(f"/api/v1/vm/{vm_id}/status").json()["state"] == "booting"
+        slowest = 0.0
+        while client.get(f"/api/v1/vm/{vm_id}/status").json()["state"] == "booting":
+            started = time.monotonic()
+            assert client.get("/api/v1/repositories").status_code == 200
+            slowest = max(slowest, time.monotonic() - started)
+            time.sleep(0.2)
+        # A boot under TCG takes seconds; the event loop is never held for long.
+        assert slowest < 1.0
+        assert client.get(f"/api/v1/vm/{vm_id}/status").json()["state"] == "running"
+        deleted = client.delete(f"/api/v1/vm/{vm_id}", timeout=120)
+        assert deleted.json() == {"vm_id": vm_id}
+
+
 def test_exec_is_binary_safe_and_enforces_timeouts(story: Story) -> None:
     vm_id = story.values["root"]
     result = _exec(story, story.owner, vm_id, ["cat"], stdin="line one\nline \u00e9\n")

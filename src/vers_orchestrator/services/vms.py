@@ -224,10 +224,10 @@ class Vms:
 
     # ------------------------------------------------------------------- lookups
 
-    async def _find(self, principal: Principal, vm_id: str) -> Vm:
-        """The caller's organization's live VM, once any boot of it in this process ended."""
+    async def _find(self, principal: Principal, vm_id: str, *, wait_boot: bool = True) -> Vm:
+        """The caller's organization's live VM; by default once its boot (if any) ended."""
         canonical = canonical_vm_id(vm_id)
-        booting = self._booting.get(canonical)
+        booting = self._booting.get(canonical) if wait_boot else None
         if booting is not None:
             with contextlib.suppress(Exception):
                 await asyncio.shield(booting)
@@ -392,7 +392,8 @@ class Vms:
         return list(await asyncio.gather(*(self._refresh(vm) for vm in rows)))
 
     async def get(self, principal: Principal, vm_id: str) -> Vm:
-        return await self._refresh(await self._find(principal, vm_id))
+        """The VM as it is now: a booting VM answers `booting` at once."""
+        return await self._refresh(await self._find(principal, vm_id, wait_boot=False))
 
     async def metadata(self, principal: Principal, vm_id: str) -> Metadata:
         vm = await self.get(principal, vm_id)
