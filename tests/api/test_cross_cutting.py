@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -136,12 +137,22 @@ class TestIdempotentReplay:
         assert post_with_key(server, key, idempotency_key, body).status_code == 201
 
 
+def log_lines_of(server: Server, request_id: str) -> list[str]:
+    """The log lines of one request; the line is written just after the response is sent."""
+    deadline = time.monotonic() + 5
+    while True:
+        lines = [line for line in server.log_text().splitlines() if request_id in line]
+        if lines or time.monotonic() > deadline:
+            return lines
+        time.sleep(0.01)
+
+
 class TestAccessLog:
     def test_one_line_per_request_without_the_key(self, server: Server, key: Key) -> None:
         request_id = f"log-{uuid.uuid4()}"
         with server.client(key.token, **{"X-Request-Id": request_id}) as client:
             assert client.post(PATH, json={"name": unique_name()}).status_code == 201
-        lines = [line for line in server.log_text().splitlines() if request_id in line]
+        lines = log_lines_of(server, request_id)
         assert len(lines) == 1
         assert re.search(
             rf"request_id={request_id} method=POST path=/api/v1/repositories status=201"
@@ -154,7 +165,7 @@ class TestAccessLog:
         request_id = f"log-{uuid.uuid4()}"
         with server.client(**{"X-Request-Id": request_id}) as client:
             client.get("/nope")
-        (line,) = [line for line in server.log_text().splitlines() if request_id in line]
+        (line,) = log_lines_of(server, request_id)
         assert line.endswith(
             f"request_id={request_id} method=GET path=/nope status=404"
             f" duration_ms={line.split('duration_ms=')[1].split()[0]} key_id=-"
