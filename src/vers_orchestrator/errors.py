@@ -120,6 +120,10 @@ class VmNotFound(NotFound):
     message = "vm not found"
 
 
+class ExecNotFound(NotFound):
+    message = "exec not found"
+
+
 class VmOrCommitNotFound(NotFound):
     message = "vm or commit not found"
 

@@ -30,6 +30,9 @@ VM_ROUTES = [
     ("DELETE", f"/api/v1/vm/{UNKNOWN}", None),
     ("PATCH", f"/api/v1/vm/{UNKNOWN}/disk", {"fs_size_mib": 2048}),
     ("POST", f"/api/v1/vm/{UNKNOWN}/exec", {"command": ["true"]}),
+    ("POST", f"/api/v1/vm/{UNKNOWN}/exec/stream", {"command": ["true"]}),
+    ("POST", f"/api/v1/vm/{UNKNOWN}/exec/stream/attach", {"exec_id": UNKNOWN}),
+    ("GET", f"/api/v1/vm/{UNKNOWN}/logs", None),
     ("GET", f"/api/v1/vm/{UNKNOWN}/files?path=/etc/hostname", None),
     ("PUT", f"/api/v1/vm/{UNKNOWN}/files", {"path": "/x", "content_b64": ""}),
     ("GET", f"/api/v1/vm/{UNKNOWN}/ssh_key", None),
@@ -50,7 +53,11 @@ VM_ROUTES = [
     ),
 ]
 # Every route that names one VM, with a valid body: an unknown VM is 404, a bad id 400.
-ONE_VM_ROUTES = [route for route in VM_ROUTES if UNKNOWN in route[1] and "branch" not in route[1]]
+ONE_VM_ROUTES = [
+    route
+    for route in VM_ROUTES
+    if UNKNOWN in route[1] and "branch" not in route[1] and "attach" not in route[1]
+]
 
 
 def _send(server: Server, token: str | None, method: str, path: str, body: Any) -> Any:
@@ -239,6 +246,24 @@ class TestInTheGuest:
         response = _send(server, key.token, "PUT", f"/api/v1/vm/{UNKNOWN}/files", body)
         assert response.status_code == 400
         assert response.json() == error("content_b64 is not valid base64")
+
+    def test_attaching_to_an_unknown_exec_is_404(self, server: Server, key: Key) -> None:
+        path = f"/api/v1/vm/{UNKNOWN}/exec/stream/attach"
+        for exec_id in (UNKNOWN, "junk"):
+            response = _send(server, key.token, "POST", path, {"exec_id": exec_id})
+            assert response.status_code == 404
+            assert response.json() == error("exec not found")
+
+    def test_logs_of_an_unknown_stream_are_400(self, server: Server, key: Key) -> None:
+        path = f"/api/v1/vm/{UNKNOWN}/logs?stream=stdin"
+        response = _send(server, key.token, "GET", path, None)
+        assert response.status_code == 400
+
+    def test_bad_exec_id_is_400(self, server: Server, key: Key) -> None:
+        body = {"command": ["true"], "exec_id": "junk"}
+        response = _send(server, key.token, "POST", f"/api/v1/vm/{UNKNOWN}/exec", body)
+        assert response.status_code == 400
+        assert response.json() == error("exec_id must be a UUID")
 
     def test_unknown_state_is_422(self, server: Server, key: Key) -> None:
         body = {"state": "Frozen"}

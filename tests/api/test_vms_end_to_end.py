@@ -9,9 +9,11 @@ Everything the module made is deleted at the end, and no QEMU process of it surv
 from __future__ import annotations
 
 import base64
+import json
 import os
 import signal
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -162,6 +164,40 @@ def test_exec_is_binary_safe_and_enforces_timeouts(story: Story) -> None:
     assert slow["exit_code"] == 124
     assert slow["stdout"] == "started\n"
     assert time.monotonic() - started < 30
+
+
+def _ndjson(response: httpx.Response) -> list[dict[str, Any]]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/x-ndjson")
+    return [json.loads(line) for line in response.text.splitlines()]
+
+
+def test_streamed_exec_can_be_reattached_and_is_logged(story: Story) -> None:
+    vm_id = story.values["root"]
+    exec_id = str(uuid.uuid4())
+    body = {"command": ["sh", "-c", "echo out; echo err >&2; exit 5"], "exec_id": exec_id}
+    with story.server.client(story.owner.token) as client:
+        lines = _ndjson(client.post(f"/api/v1/vm/{vm_id}/exec/stream", json=body, timeout=120))
+        attach = f"/api/v1/vm/{vm_id}/exec/stream/attach"
+        replayed = _ndjson(client.post(attach, json={"exec_id": exec_id, "cursor": 1}))
+        latest = _ndjson(client.post(attach, json={"exec_id": exec_id, "from_latest": True}))
+        logs = client.get(f"/api/v1/vm/{vm_id}/logs").json()
+        errors_only = client.get(f"/api/v1/vm/{vm_id}/logs", params={"stream": "stderr"}).json()
+    chunks = [
+        (line["cursor"], line["stream"], base64.b64decode(line["data_b64"])) for line in lines[:-1]
+    ]
+    assert chunks == [(1, "stdout", b"out\n"), (2, "stderr", b"err\n")]
+    assert lines[-1] == {"type": "exit", "exec_id": exec_id, "exit_code": 5}
+    assert [line["cursor"] for line in replayed[:-1]] == [2]
+    assert latest == [lines[-1]]
+    mine = [entry for entry in logs["entries"] if entry["exec_id"] == exec_id]
+    assert [(e["stream"], base64.b64decode(e["data_b64"])) for e in mine] == [
+        ("stdout", b"out\n"),
+        ("stderr", b"err\n"),
+    ]
+    assert logs["eof"] is True
+    assert logs["next_offset"] == len(logs["entries"])
+    assert {entry["stream"] for entry in errors_only["entries"]} == {"stderr"}
 
 
 def test_files_round_trip_byte_for_byte(story: Story) -> None:

@@ -29,6 +29,8 @@ RawSend = Callable[[Message], Awaitable[None]]
 RawApp = Callable[[Any, RawReceive, RawSend], Awaitable[None]]
 
 PUBLIC = "public"  # handler opt: no authentication
+# Handler opt: the response is a stream, sent as it is made; it is never stored for replay.
+STREAMING = "streaming"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_REQUEST_ID = 256
 
@@ -113,7 +115,12 @@ class ApiMiddleware:
         if body_parameter is not None:
             _require_json(headers, body_parameter.has_default)
         idempotency_key = headers.get(b"x-idempotency-key")
-        if principal is None or idempotency_key is None or scope["method"] not in MUTATING_METHODS:
+        if (
+            principal is None
+            or idempotency_key is None
+            or scope["method"] not in MUTATING_METHODS
+            or handler.opt.get(STREAMING)
+        ):
             await self._app(scope, receive, send)
             return
         await _run_idempotently(

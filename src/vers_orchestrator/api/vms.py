@@ -7,13 +7,17 @@ The rules live in `services.vms`. The branch routes answer errors in the upstrea
 from __future__ import annotations
 
 import base64
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from litestar import MediaType, Response, delete, get, patch, post, put
 from litestar.openapi.datastructures import ResponseSpec
 from litestar.params import Parameter
+from litestar.response import Stream
 
 from vers_orchestrator.api.errors import error_response
+from vers_orchestrator.api.middleware import STREAMING
 from vers_orchestrator.api.openapi import BEARER_AUTH, ContractOperation, authenticated_responses
 from vers_orchestrator.api.runtime import AnyRequest, principal, runtime
 from vers_orchestrator.errors import VersError
@@ -30,8 +34,11 @@ from vers_orchestrator.schemas.vms import (
     VmCommitRequest,
     VmCommitResponse,
     VmDeleteResponse,
+    VmExecLogEntry,
+    VmExecLogResponse,
     VmExecRequest,
     VmExecResponse,
+    VmExecStreamAttachRequest,
     VmMetadataResponse,
     VmReadFileResponse,
     VmResizeDiskRequest,
@@ -39,10 +46,12 @@ from vers_orchestrator.schemas.vms import (
     VmUpdateStateRequest,
     VmWriteFileRequest,
 )
+from vers_orchestrator.services.exec_logs import ExecRun
 from vers_orchestrator.services.vms import GUEST_IP, RootConfig, Vms, wire_state
 from vers_orchestrator.store.vms import Vm
 
 TAGS = ["vm"]
+NDJSON = "application/x-ndjson"
 _VM = "/api/v1/vm/{vm_id:str}"
 VmId = Annotated[str, Parameter(schema_extra={"format": "uuid"})]
 # Upstream reads `count` as an 8-bit integer: beyond it is a 400, as a bad query is.
@@ -332,6 +341,112 @@ async def write_file_vm(request: AnyRequest, vm_id: VmId, data: VmWriteFileReque
 async def ssh_key(request: AnyRequest, vm_id: VmId) -> VmSshKeyResponse:
     key = await _vms(request).ssh_key(principal(request), vm_id)
     return VmSshKeyResponse(ssh_port=key.port, ssh_private_key=key.private_key)
+
+
+def _ndjson_line(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode() + b"\n"
+
+
+async def _ndjson(run: ExecRun, after: int) -> AsyncIterator[bytes]:
+    """Chunks with a cursor above `after`, as they come, then the exit line."""
+    position = after
+    while True:
+        changed = run.changed
+        while position < len(run.chunks):
+            chunk = run.chunks[position]
+            position += 1
+            yield _ndjson_line(
+                {
+                    "type": "chunk",
+                    "exec_id": run.exec_id,
+                    "cursor": chunk.cursor,
+                    "stream": chunk.stream,
+                    "data_b64": base64.b64encode(chunk.data).decode("ascii"),
+                    "timestamp": rfc3339(chunk.timestamp),
+                }
+            )
+        if run.exit_code is not None:
+            yield _ndjson_line({"type": "exit", "exec_id": run.exec_id, "exit_code": run.exit_code})
+            return
+        await changed.wait()
+
+
+@post(
+    _VM + "/exec/stream",
+    operation_id="exec_vm_stream",
+    operation_class=ContractOperation,
+    tags=TAGS,
+    security=BEARER_AUTH,
+    status_code=200,
+    opt={STREAMING: True},
+    response_description="NDJSON stream of stdout/stderr chunks",
+    responses=authenticated_responses({400: "Invalid request", 409: "VM not running", **_ERRORS}),
+)
+async def exec_vm_stream(request: AnyRequest, vm_id: VmId, data: VmExecRequest) -> Stream:
+    run = await _vms(request).exec_stream(
+        principal(request),
+        vm_id,
+        data.command,
+        data.env,
+        data.working_dir,
+        (data.stdin or "").encode(),
+        data.timeout_secs,
+        data.exec_id,
+    )
+    return Stream(_ndjson(run, 0), media_type=NDJSON, headers={"X-Exec-Id": run.exec_id})
+
+
+@post(
+    _VM + "/exec/stream/attach",
+    operation_id="exec_vm_stream_attach",
+    operation_class=ContractOperation,
+    tags=TAGS,
+    security=BEARER_AUTH,
+    status_code=200,
+    opt={STREAMING: True},
+    response_description="NDJSON stream replaying from cursor",
+    responses=authenticated_responses({400: "Invalid request", **_ERRORS}),
+)
+async def exec_vm_stream_attach(
+    request: AnyRequest, vm_id: VmId, data: VmExecStreamAttachRequest
+) -> Stream:
+    run = _vms(request).attach(principal(request), vm_id, data.exec_id)
+    after = len(run.chunks) if data.from_latest else min(data.cursor or 0, len(run.chunks))
+    return Stream(_ndjson(run, after), media_type=NDJSON)
+
+
+@get(
+    _VM + "/logs",
+    operation_id="vm_logs",
+    operation_class=ContractOperation,
+    tags=TAGS,
+    security=BEARER_AUTH,
+    response_description="Exec logs retrieved",
+    responses=authenticated_responses({400: "Invalid request", **_ERRORS}),
+)
+async def vm_logs(
+    request: AnyRequest,
+    vm_id: VmId,
+    offset: Annotated[int | None, Parameter(ge=0, le=2**63 - 1)] = None,
+    max_entries: Annotated[int | None, Parameter(ge=0, le=2**31 - 1)] = None,
+    stream: str | None = None,
+) -> VmExecLogResponse:
+    entries, next_offset, eof = await _vms(request).logs(
+        principal(request), vm_id, offset, max_entries, stream
+    )
+    return VmExecLogResponse(
+        entries=[
+            VmExecLogEntry(
+                exec_id=entry.exec_id,
+                stream=entry.stream,  # type: ignore[arg-type]
+                data_b64=base64.b64encode(entry.data).decode("ascii"),
+                timestamp=rfc3339(entry.timestamp),
+            )
+            for entry in entries
+        ],
+        next_offset=next_offset,
+        eof=eof,
+    )
 
 
 # ---------------------------------------------------------------------- labels

@@ -133,6 +133,45 @@ class VmExecResponse(msgspec.Struct, kw_only=True):
     stderr: Annotated[str, msgspec.Meta(description="UTF-8 decoded stderr (lossy).")]
 
 
+class VmExecStreamAttachRequest(msgspec.Struct, kw_only=True):
+    """Request body for POST /api/vm/{vm_id}/exec/stream/attach"""
+
+    exec_id: Annotated[str, uuid_field("Identifier of the exec stream session to reattach to.")]
+    cursor: (
+        Annotated[
+            int,
+            msgspec.Meta(
+                ge=0,
+                le=2**63 - 1,
+                description="Optional cursor to resume from (exclusive). If omitted, the full"
+                " retained backlog is replayed.",
+            ),
+        ]
+        | None
+    ) = None
+    from_latest: Annotated[
+        bool | None,
+        msgspec.Meta(description="Start streaming after the latest retained chunk."),
+    ] = None
+
+
+class VmExecLogEntry(msgspec.Struct, kw_only=True):
+    """Individual log entry describing emitted stdout/stderr chunk."""
+
+    exec_id: str | None = None
+    stream: Literal["stdout", "stderr"]
+    data_b64: Annotated[str, msgspec.Meta(description="Base64-encoded bytes of the chunk.")]
+    timestamp: str
+
+
+class VmExecLogResponse(msgspec.Struct, kw_only=True):
+    """Response for exec log tail requests."""
+
+    entries: list[VmExecLogEntry]
+    next_offset: Annotated[int, msgspec.Meta(description="Next offset to continue from.")]
+    eof: Annotated[bool, msgspec.Meta(description="True when the end was reached.")]
+
+
 class VmReadFileResponse(msgspec.Struct):
     """Response body for GET /api/vm/{vm_id}/files"""
 

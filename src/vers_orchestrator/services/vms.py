@@ -31,6 +31,8 @@ from vers_orchestrator.drivers.base import VmDriver
 from vers_orchestrator.errors import (
     BadRequest,
     CommitNotFound,
+    Conflict,
+    ExecNotFound,
     ForkSourceNotFound,
     GuestFileNotFound,
     GuestRefused,
@@ -42,6 +44,7 @@ from vers_orchestrator.errors import (
     ServerAtCapacity,
     TagNotFound,
     Unprocessable,
+    VersError,
     VmNotFound,
     VmNotRunning,
     VmOperationFailed,
@@ -49,6 +52,7 @@ from vers_orchestrator.errors import (
 )
 from vers_orchestrator.services import commits
 from vers_orchestrator.services.commits import visible_to
+from vers_orchestrator.services.exec_logs import ExecLogs, ExecRun, LogEntry
 from vers_orchestrator.services.keys import ORG_NAME_MAX
 from vers_orchestrator.services.validation import (
     ORG_TAG_NAME_MAX,
@@ -83,6 +87,9 @@ MIN_MEM_MIB = 128
 MAX_COUNT = 255
 # The exit code `timeout(1)` reports for a command it had to kill.
 EXEC_TIMEOUT_EXIT_CODE = 124
+# A streamed command that could not run to its end (the VM died, the agent failed).
+EXEC_FAILED_EXIT_CODE = 255
+DEFAULT_LOG_ENTRIES = 100
 MAX_LABELS = 64
 IMAGE_NAMES = (None, "default")
 CLOSE_TIMEOUT_SECONDS = 60.0
@@ -171,6 +178,7 @@ class Vms:
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._booting: dict[str, asyncio.Task[None]] = {}
+        self._exec_logs = ExecLogs()
 
     # ----------------------------------------------------------- process lifetime
 
@@ -430,6 +438,7 @@ class Vms:
             # Still recorded as deleting: the next start-up finishes the job.
             raise VmOperationFailed("failed to delete the VM") from None
         await self._set_state(vm_id, State.DELETED)
+        self._exec_logs.forget_vm(vm_id)
 
     async def _delete_on_host(self, vm_id: str) -> None:
         with contextlib.suppress(driver_api.VmNotFound):
@@ -447,6 +456,47 @@ class Vms:
 
     # ---------------------------------------------------------------- in the guest
 
+    async def _prepare_exec(
+        self,
+        principal: Principal,
+        vm_id: str,
+        command: Sequence[str],
+        env: dict[str, str] | None,
+        working_dir: str | None,
+        stdin: bytes,
+        timeout_seconds: int | None,
+        exec_id: str | None,
+    ) -> tuple[Vm, driver_api.ExecRequest, str]:
+        if not command:
+            raise BadRequest("command must not be empty")
+        for part in (*command, *(env or {}).keys(), *(env or {}).values(), working_dir or ""):
+            validate_text("command", part, 1 << 20)
+        run_id = str(uuid.uuid4())
+        if exec_id is not None:
+            canonical = _canonical_or_none(exec_id)
+            if canonical is None:
+                raise BadRequest("exec_id must be a UUID")
+            run_id = canonical
+        vm = await self._alive(principal, vm_id)
+        request = driver_api.ExecRequest(
+            argv=tuple(command),
+            env=dict(env or {}),
+            working_dir=working_dir,
+            stdin=stdin,
+            timeout_seconds=float(timeout_seconds) if timeout_seconds else None,
+        )
+        return vm, request, run_id
+
+    async def _run_exec(self, vm: Vm, request: driver_api.ExecRequest, run_id: str) -> ExecOutcome:
+        try:
+            async with self._driver_call(vm.vm_id, "run the command"):
+                result = await self._driver.exec(vm.vm_id, request)
+            outcome = ExecOutcome(run_id, result.exit_code, result.stdout, result.stderr)
+        except driver_api.ExecTimeout as exc:
+            outcome = ExecOutcome(run_id, EXEC_TIMEOUT_EXIT_CODE, exc.stdout, exc.stderr)
+        self._exec_logs.record(vm.vm_id, run_id, outcome.stdout, outcome.stderr)
+        return outcome
+
     async def exec(
         self,
         principal: Principal,
@@ -459,25 +509,72 @@ class Vms:
         exec_id: str | None,
     ) -> ExecOutcome:
         """Run a command; one that outlives `timeout_seconds` (0: none) is killed (exit 124)."""
-        if not command:
-            raise BadRequest("command must not be empty")
-        for part in (*command, *(env or {}).keys(), *(env or {}).values(), working_dir or ""):
-            validate_text("command", part, 1 << 20)
-        vm = await self._alive(principal, vm_id)
-        request = driver_api.ExecRequest(
-            argv=tuple(command),
-            env=dict(env or {}),
-            working_dir=working_dir,
-            stdin=stdin,
-            timeout_seconds=float(timeout_seconds) if timeout_seconds else None,
+        vm, request, run_id = await self._prepare_exec(
+            principal, vm_id, command, env, working_dir, stdin, timeout_seconds, exec_id
         )
-        run_id = exec_id or str(uuid.uuid4())
-        try:
-            async with self._driver_call(vm.vm_id, "run the command"):
-                result = await self._driver.exec(vm.vm_id, request)
-        except driver_api.ExecTimeout as exc:
-            return ExecOutcome(run_id, EXEC_TIMEOUT_EXIT_CODE, exc.stdout, exc.stderr)
-        return ExecOutcome(run_id, result.exit_code, result.stdout, result.stderr)
+        return await self._run_exec(vm, request, run_id)
+
+    async def exec_stream(
+        self,
+        principal: Principal,
+        vm_id: str,
+        command: Sequence[str],
+        env: dict[str, str] | None,
+        working_dir: str | None,
+        stdin: bytes,
+        timeout_seconds: int | None,
+        exec_id: str | None,
+    ) -> ExecRun:
+        """Start a command whose output a client reads, and may re-attach to, as it comes."""
+        vm, request, run_id = await self._prepare_exec(
+            principal, vm_id, command, env, working_dir, stdin, timeout_seconds, exec_id
+        )
+        existing = self._exec_logs.run(run_id)
+        if existing is not None:
+            raise Conflict("exec_id is already in use")
+        run = self._exec_logs.start(run_id, principal.org_id, vm.vm_id)
+
+        async def work() -> None:
+            try:
+                outcome = await self._run_exec(vm, request, run_id)
+            except VersError as exc:
+                run.add("stderr", f"{exc.message}\n".encode())
+                run.finish(EXEC_FAILED_EXIT_CODE)
+                return
+            except BaseException:
+                run.add("stderr", b"internal server error\n")
+                run.finish(EXEC_FAILED_EXIT_CODE)
+                raise
+            run.add("stdout", outcome.stdout)
+            run.add("stderr", outcome.stderr)
+            run.finish(outcome.exit_code)
+
+        self._keep(asyncio.ensure_future(work()))
+        return run
+
+    def attach(self, principal: Principal, vm_id: str, exec_id: str) -> ExecRun:
+        """A streamed exec of this VM, running or recently finished."""
+        canonical = canonical_vm_id(vm_id)
+        run_id = _canonical_or_none(exec_id)
+        run = None if run_id is None else self._exec_logs.run(run_id)
+        if run is None or run.org_id != principal.org_id or run.vm_id != canonical:
+            raise ExecNotFound()
+        return run
+
+    async def logs(
+        self,
+        principal: Principal,
+        vm_id: str,
+        offset: int | None,
+        max_entries: int | None,
+        stream: str | None,
+    ) -> tuple[list[LogEntry], int, bool]:
+        """What the VM's commands printed, oldest first, from entry `offset` on."""
+        if stream is not None and stream not in ("stdout", "stderr"):
+            raise BadRequest("Failed to deserialize query string: stream must be stdout or stderr")
+        limit = DEFAULT_LOG_ENTRIES if max_entries is None else min(max(max_entries, 1), 1000)
+        vm = await self._find(principal, vm_id, wait_boot=False)
+        return self._exec_logs.read(vm.vm_id, max(offset or 0, 0), limit, stream)
 
     async def read_file(self, principal: Principal, vm_id: str, path: str | None) -> bytes:
         if not path:
