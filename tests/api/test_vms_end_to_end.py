@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import signal
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -23,6 +24,7 @@ import pytest
 from vers_sdk.errors import APIError
 from vers_sdk.models import BranchByRefParams, CreateNewRootVmParams, ReadFileVmParams
 
+from tests.factories import make_commit
 from tests.support import Backend, Key, Server, make_key, sdk_call, unique_name
 
 pytestmark = pytest.mark.slow
@@ -311,6 +313,49 @@ def test_another_organization_forks_the_public_repository(story: Story) -> None:
     owned = {found["vm_id"] for found in story.sdk(other, lambda c: c.list_vms())}
     assert owned == {forked["vm_id"], vm["vm_id"]}
     story.sdk(other, lambda c: c.delete_vm(vm["vm_id"]))
+
+
+def test_a_fork_that_fails_late_leaves_nothing_behind(story: Story) -> None:
+    forker = make_key(story.backend)
+    snapshots = story.state_dir() / "commits"
+    snapshots_before = sorted(path.name for path in snapshots.iterdir())
+    processes_before = len(_qemu_processes(story.runtime_dir()))
+    body = {"source_org": story.owner.org_name, "source_repo": story.repo, "source_tag": "v1"}
+    answers: list[httpx.Response] = []
+
+    def fork() -> None:
+        with story.server.client(forker.token) as client:
+            answers.append(client.post("/api/v1/repositories/fork", json=body, timeout=240))
+
+    forking = threading.Thread(target=fork)
+    forking.start()
+    try:
+        with story.server.client(forker.token) as client:
+            # Once the fork's VM is recorded, its checks are behind it: now the target tag
+            # appears, so the fork fails at its last step, after its VM and commit exist.
+            deadline = time.monotonic() + 60
+            while not client.get("/api/v1/vm").json():
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+            mine = make_commit(story.backend, forker)
+            assert client.post("/api/v1/repositories", json={"name": story.repo}).status_code == 201
+            tag = {"tag_name": "v1", "commit_id": mine.commit_id}
+            assert (
+                client.post(f"/api/v1/repositories/{story.repo}/tags", json=tag).status_code == 201
+            )
+    finally:
+        forking.join()
+    [answer] = answers
+    assert answer.status_code == 409
+    assert answer.json()["error"] == "tag already exists in repository"
+    with story.server.client(forker.token) as client:
+        assert client.get("/api/v1/vm").json() == []
+        commits = client.get("/api/v1/commits").json()["commits"]
+        assert [commit["commit_id"] for commit in commits] == [mine.commit_id]
+        kept = client.get(f"/api/v1/repositories/{story.repo}/tags/v1").json()
+        assert kept["commit_id"] == mine.commit_id
+    assert sorted(path.name for path in snapshots.iterdir()) == snapshots_before
+    assert len(_qemu_processes(story.runtime_dir())) == processes_before
 
 
 def test_from_commit_by_public_reference(story: Story) -> None:
