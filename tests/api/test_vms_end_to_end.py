@@ -232,6 +232,22 @@ def test_pause_and_resume(story: Story) -> None:
     assert _exec(story, story.owner, vm_id, ["true"])["exit_code"] == 0
 
 
+def test_labels_are_set_replaced_and_removed(story: Story) -> None:
+    vm_id = story.values["root"]
+
+    def labels() -> Any:
+        return story.sdk(story.owner, lambda c: c.vm_status(vm_id))["labels"]
+
+    story.sdk(story.owner, lambda c: c.upsert_vm_labels(vm_id, {"labels": {"env": "test"}}))
+    assert labels() == {"role": "root", "env": "test"}
+    story.sdk(story.owner, lambda c: c.delete_vm_label(vm_id, "role"))
+    assert labels() == {"env": "test"}
+    story.sdk(story.owner, lambda c: c.replace_vm_labels(vm_id, {"labels": {"only": "this"}}))
+    assert labels() == {"only": "this"}
+    listed = story.sdk(story.owner, lambda c: c.list_vms())
+    assert [vm["labels"] for vm in listed if vm["vm_id"] == vm_id] == [{"only": "this"}]
+
+
 def test_commit_tag_and_branch_three_by_reference(story: Story) -> None:
     vm_id = story.values["root"]
     _exec(story, story.owner, vm_id, ["sh", "-c", "echo 41 > /root/counter"])

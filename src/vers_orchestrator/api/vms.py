@@ -510,13 +510,12 @@ async def delete_vm_label(request: AnyRequest, vm_id: VmId, label_name: str) -> 
 async def commit_vm(
     request: AnyRequest,
     vm_id: VmId,
-    data: VmCommitRequest | None = None,
+    data: VmCommitRequest,
     keep_paused: bool | None = None,
     skip_wait_boot: bool | None = None,
 ) -> VmCommitResponse:
-    body = data or VmCommitRequest()
     commit = await _vms(request).commit(
-        principal(request), vm_id, bool(keep_paused), body.name, body.description
+        principal(request), vm_id, bool(keep_paused), data.name, data.description
     )
     return VmCommitResponse(commit_id=commit.commit_id)
 
