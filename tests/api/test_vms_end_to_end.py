@@ -12,6 +12,7 @@ import base64
 import json
 import os
 import signal
+import sys
 import threading
 import time
 import uuid
@@ -25,7 +26,8 @@ from vers_sdk.errors import APIError
 from vers_sdk.models import BranchByRefParams, CreateNewRootVmParams, ReadFileVmParams
 
 from tests.factories import make_commit
-from tests.support import Backend, Key, Server, make_key, sdk_call, unique_name
+from tests.support import IMAGES_DIR, Backend, Key, Server, make_key, sdk_call, unique_name
+from vers_orchestrator.drivers.qemu.images import ensure_default_image
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +87,9 @@ def _delete_everything(story: Story) -> None:
 
 @pytest.fixture(scope="module")
 def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
+    # On a fresh clone the first test to need the image builds it (minutes, once per
+    # machine); here rather than inside the server, where it would outlast a request.
+    ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
     backend = Backend.create("sqlite", tmp_path_factory.mktemp("vms"))
     server = Server(backend, tmp_path_factory.mktemp("vms-server") / "server.log").start()
     shared = Story(backend, server, make_key(backend), make_key(backend))
