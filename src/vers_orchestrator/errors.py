@@ -195,8 +195,7 @@ class ServerAtCapacity(VersError):
 
     def __init__(self, resource: str, limit: int, used: int, requested: int) -> None:
         super().__init__(
-            f"server at capacity: at most {limit} {resource} for all VMs, {used} in use,"
-            f" {requested} requested"
+            f"server at capacity: {used} of {limit} {resource} in use, {requested} more requested"
         )
 
 

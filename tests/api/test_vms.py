@@ -186,8 +186,20 @@ class TestNewRoot:
         )
         assert _send(server, limited.token, "GET", "/api/v1/vm", None).json() == []
 
-    def test_server_cap_is_429(self, backend: Backend, tmp_path: Path) -> None:
-        capped = Backend.create(backend.kind, tmp_path / "capped", MAX_VMS="0")
+    @pytest.mark.parametrize(
+        ("settings", "message"),
+        [
+            ({"MAX_VMS": "0"}, "server at capacity: 0 of 0 VMs in use, 1 more requested"),
+            (
+                {"MAX_VM_MEMORY_MIB": "200"},
+                "server at capacity: 0 of 200 MiB of VM memory in use, 256 more requested",
+            ),
+        ],
+    )
+    def test_server_caps_are_429(
+        self, backend: Backend, tmp_path: Path, settings: dict[str, str], message: str
+    ) -> None:
+        capped = Backend.create(backend.kind, tmp_path / "capped", **settings)
         try:
             server = Server(capped, tmp_path / "server.log").start()
             try:
@@ -198,9 +210,7 @@ class TestNewRoot:
         finally:
             capped.drop()
         assert response.status_code == 429
-        assert response.json() == error(
-            "server at capacity: at most 0 VMs for all VMs, 0 in use, 1 requested"
-        )
+        assert response.json() == error(message)
 
 
 def _limited_key(backend: Backend, *limit: str) -> Key:

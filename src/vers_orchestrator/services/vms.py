@@ -319,7 +319,7 @@ class Vms:
                 raise ServerAtCapacity("VMs", settings.max_vms, server.vms, len(new))
             if server.mem_mib + mem_mib > self._max_memory_mib:
                 raise ServerAtCapacity(
-                    "MiB of memory", self._max_memory_mib, server.mem_mib, mem_mib
+                    "MiB of VM memory", self._max_memory_mib, server.mem_mib, mem_mib
                 )
             if record:
                 for vm in new:
