@@ -404,6 +404,25 @@ def test_a_restart_finds_the_vms_and_a_killed_one_is_dead(story: Story) -> None:
         assert client.get(f"/api/v1/vm/{fork_vm}/status").status_code == 404
 
 
+def test_a_vm_half_made_when_the_server_died_is_removed_at_start(story: Story) -> None:
+    with story.server.client(story.owner.token) as client:
+        created = client.post(
+            "/api/v1/vm/new_root?wait_boot=false", json={"vm_config": ROOT_CONFIG}
+        )
+    vm_id = created.json()["vm_id"]
+    time.sleep(0.5)  # QEMU is starting: the row says `creating`, the boot is not done
+    assert story.server.process is not None
+    story.server.process.kill()
+    story.server.process.wait()
+    story.server.start()
+    with story.server.client(story.owner.token) as client:
+        assert client.get(f"/api/v1/vm/{vm_id}/status").status_code == 404
+        listed = [vm["vm_id"] for vm in client.get("/api/v1/vm").json()]
+    assert listed == [story.values["root"]]
+    assert not [pid for pid in _qemu_processes(vm_id)]
+    assert not (story.state_dir() / "vms" / vm_id).exists()
+
+
 def test_ssh_key_and_disk_growth(story: Story) -> None:
     root = story.values["root"]
     key = story.sdk(story.owner, lambda c: c.ssh_key(root))
