@@ -164,6 +164,10 @@ class VmNotRunning(Conflict):
         super().__init__(f"vm is {state}")
 
 
+class VmOnAnotherServer(Conflict):
+    message = "vm runs on another server of this deployment"
+
+
 class RequestInProgress(Conflict):
     message = "a request with this X-Idempotency-Key is still in progress"
 

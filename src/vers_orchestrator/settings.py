@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,6 +79,11 @@ class Settings:
     @property
     def effective_vm_state_dir(self) -> Path:
         return self.vm_state_dir or self.data_dir / "vm-state"
+
+    @property
+    def vm_node(self) -> str:
+        """This server's name for the VMs it runs: the host and the driver's state folder."""
+        return f"{socket.gethostname()}:{self.effective_vm_state_dir.resolve()}"
 
     @property
     def effective_max_vm_memory_mib(self) -> int:

@@ -7,6 +7,7 @@ on the host, like a commit whose data is lost.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from pathlib import Path
@@ -17,6 +18,11 @@ from vers_sdk.errors import APIError
 
 from tests.factories import make_commit
 from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
+from vers_orchestrator.settings import Settings
+from vers_orchestrator.store import vms as vm_store
+from vers_orchestrator.store.connect import open_database
+from vers_orchestrator.store.database import utc_now
+from vers_orchestrator.store.vms import State, Vm
 
 UNKNOWN = str(uuid.uuid4())
 ROOT = {"vm_config": {"vcpu_count": 1, "mem_size_mib": 256, "fs_size_mib": 1024}}
@@ -119,6 +125,57 @@ class TestOneVm:
         assert sdk_call(server, stranger.token, lambda c: c.list_vms()) == []
         with server.client(stranger.token) as client:
             assert client.get("/api/v1/vms").json() == []
+
+
+class TestVmOfAnotherServer:
+    """A replica on the same database reads another's VM but cannot act on it."""
+
+    def test_acting_is_409_reading_works(self, backend: Backend, server: Server, key: Key) -> None:
+        vm_id = _vm_elsewhere(backend, key)
+        status = _send(server, key.token, "GET", f"/api/v1/vm/{vm_id}/status", None)
+        assert status.status_code == 200
+        assert status.json()["state"] == "running"
+        for method, path, body in (
+            ("POST", f"/api/v1/vm/{vm_id}/exec", {"command": ["true"]}),
+            ("DELETE", f"/api/v1/vm/{vm_id}", None),
+            ("POST", f"/api/v1/vm/{vm_id}/commit", {}),
+        ):
+            response = _send(server, key.token, method, path, body)
+            assert response.status_code == 409
+            assert response.json() == error("vm runs on another server of this deployment")
+        labelled = _send(
+            server, key.token, "PATCH", f"/api/v1/vm/{vm_id}/label", {"labels": {"a": "b"}}
+        )
+        assert labelled.status_code == 200
+
+
+def _vm_elsewhere(backend: Backend, key: Key) -> str:
+    """A running VM of `key`, recorded by another server of the same database."""
+    vm = Vm(
+        vm_id=str(uuid.uuid4()),
+        org_id=key.org_id,
+        owner_id=key.api_key_id,
+        parent_commit_id=None,
+        state=State.RUNNING,
+        vcpus=1,
+        mem_mib=256,
+        disk_mib=1024,
+        labels={},
+        ssh_port=None,
+        created_at=utc_now(),
+        deleted_at=None,
+        node="another-host:/var/lib/vers/vm-state",
+    )
+
+    async def run() -> None:
+        db = await open_database(Settings.from_env(backend.env))
+        try:
+            await db.write(lambda tx: vm_store.insert(tx, vm))
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+    return vm.vm_id
 
 
 class TestNewRoot:

@@ -28,6 +28,7 @@ def _vm(org_id: str, owner_id: str, parent_commit_id: str | None, mem_mib: int) 
         ssh_port=None,
         created_at=utc_now(),
         deleted_at=None,
+        node="host-a:/state",
     )
 
 
@@ -66,7 +67,14 @@ def test_rows_move_through_their_states(fresh_backend: Backend) -> None:
         listed = await db.read(lambda tx: vm_store.list_live_in_org(tx, key.org_id))
         assert [vm.vm_id for vm in listed] == [first.vm_id]
         assert await db.read(lambda tx: commit_store.count_live_vms(tx, commit.commit_id)) == 1
-        assert await db.read(vm_store.usage_of_server) == Usage(1, 2, 256)
+        assert await db.read(lambda tx: vm_store.usage_of_node(tx, "host-a:/state")) == Usage(
+            1, 2, 256
+        )
+        assert await db.read(lambda tx: vm_store.usage_of_node(tx, "host-b:/state")) == Usage(
+            0, 0, 0
+        )
+        on_node = await db.read(lambda tx: vm_store.list_live_on_node(tx, "host-a:/state"))
+        assert [vm.vm_id for vm in on_node] == [first.vm_id]
         other_org = await db.read(
             lambda tx: vm_store.get_live_in_org(tx, str(uuid.uuid4()), first.vm_id)
         )

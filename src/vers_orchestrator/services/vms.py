@@ -47,6 +47,7 @@ from vers_orchestrator.errors import (
     VersError,
     VmNotFound,
     VmNotRunning,
+    VmOnAnotherServer,
     VmOperationFailed,
     VmOrCommitNotFound,
 )
@@ -175,6 +176,7 @@ class Vms:
         self._driver = driver
         self._settings = settings
         self._max_memory_mib = settings.effective_max_vm_memory_mib
+        self._node = settings.vm_node
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._booting: dict[str, asyncio.Task[None]] = {}
@@ -186,7 +188,7 @@ class Vms:
         """Settle the database against what the driver finds on the host after a restart."""
         inventory = await self._driver.inventory()
         on_host = {vm.vm_id: vm for vm in inventory.vms}
-        rows = await self._db.read(vm_store.list_live)
+        rows = await self._db.read(lambda tx: vm_store.list_live_on_node(tx, self._node))
         for vm in rows:
             found = on_host.pop(vm.vm_id, None)
             if vm.state in (State.CREATING, State.DELETING):
@@ -246,15 +248,21 @@ class Vms:
             raise VmNotFound()
         return vm
 
+    def _local(self, vm: Vm) -> Vm:
+        """The VM, if this server runs it: only its own driver can act on it."""
+        if vm.node != self._node:
+            raise VmOnAnotherServer()
+        return vm
+
     async def _alive(self, principal: Principal, vm_id: str) -> Vm:
-        vm = await self._find(principal, vm_id)
+        vm = self._local(await self._find(principal, vm_id))
         if vm.state not in _ALIVE:
             raise VmNotRunning(wire_state(vm.state))
         return vm
 
     async def _refresh(self, vm: Vm) -> Vm:
         """The VM with its state as the driver sees it now (a killed hypervisor is dead)."""
-        if vm.state not in _ALIVE:
+        if vm.state not in _ALIVE or vm.node != self._node:
             return vm
         try:
             info = await self._driver.status(vm.vm_id)
@@ -314,7 +322,7 @@ class Vms:
             limit = principal.max_memory_mib
             if limit is not None and own.mem_mib + mem_mib > limit:
                 raise KeyLimitExceeded("memory (MiB)", limit, own.mem_mib, mem_mib)
-            server = await vm_store.usage_of_server(tx)
+            server = await vm_store.usage_of_node(tx, self._node)
             if server.vms + len(new) > settings.max_vms:
                 raise ServerAtCapacity("VMs", settings.max_vms, server.vms, len(new))
             if server.mem_mib + mem_mib > self._max_memory_mib:
@@ -353,6 +361,7 @@ class Vms:
             ssh_port=None,
             created_at=utc_now(),
             deleted_at=None,
+            node=self._node,
         )
 
     # --------------------------------------------------------------- lifecycle
@@ -425,7 +434,7 @@ class Vms:
         await self._set_state(vm.vm_id, State.RUNNING if running else State.PAUSED)
 
     async def delete(self, principal: Principal, vm_id: str) -> str:
-        vm = await self._find(principal, vm_id)
+        vm = self._local(await self._find(principal, vm_id))
         await self._set_state(vm.vm_id, State.DELETING)
         await self._detached(self._delete_and_record(vm.vm_id))
         return vm.vm_id

@@ -195,6 +195,9 @@ vms = sa.Table(
     sa.Column("ssh_port", sa.Integer(), nullable=True),
     sa.Column("created_at", Timestamp, nullable=False),
     sa.Column("deleted_at", Timestamp, nullable=True),
+    # The server that runs it (`Settings.vm_node`): replicas on one database each settle
+    # and act on their own VMs only.
+    sa.Column("node", sa.Text(), nullable=False, server_default=""),
 )
 _LIVE_VM = "deleted_at IS NULL"
 # GET /vm: an organization's live VMs, oldest first.
@@ -210,6 +213,13 @@ sa.Index(
 sa.Index(
     "ix_vms_owner_live",
     vms.c.owner_id,
+    sqlite_where=sa.text(_LIVE_VM),
+    postgresql_where=sa.text(_LIVE_VM),
+)
+# Start-up reconciliation and the server-wide caps: one server's live VMs.
+sa.Index(
+    "ix_vms_node_live",
+    vms.c.node,
     sqlite_where=sa.text(_LIVE_VM),
     postgresql_where=sa.text(_LIVE_VM),
 )

@@ -41,6 +41,7 @@ class Vm:
     ssh_port: int | None
     created_at: datetime
     deleted_at: datetime | None
+    node: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +53,7 @@ class Usage:
 
 _FIELDS = (
     " vm_id, org_id, owner_id, parent_commit_id, state, vcpus, mem_mib, disk_mib, labels,"
-    " ssh_port, created_at, deleted_at"
+    " ssh_port, created_at, deleted_at, node"
 )
 _COLUMNS = "SELECT" + _FIELDS + " FROM vms"
 
@@ -72,14 +73,15 @@ def _vm(row: Row) -> Vm:
         ssh_port=row["ssh_port"],
         created_at=as_datetime(row["created_at"]),
         deleted_at=as_optional_datetime(row["deleted_at"]),
+        node=row["node"],
     )
 
 
 async def insert(tx: Tx, vm: Vm) -> None:
     await tx.execute(
         "INSERT INTO vms (vm_id, org_id, owner_id, parent_commit_id, state, vcpus, mem_mib,"
-        " disk_mib, labels, ssh_port, created_at, deleted_at)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        " disk_mib, labels, ssh_port, created_at, deleted_at, node)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         vm.vm_id,
         vm.org_id,
         vm.owner_id,
@@ -92,6 +94,7 @@ async def insert(tx: Tx, vm: Vm) -> None:
         vm.ssh_port,
         vm.created_at,
         vm.deleted_at,
+        vm.node,
     )
 
 
@@ -116,8 +119,10 @@ async def list_live_in_org(tx: Tx, org_id: str) -> list[Vm]:
     return [_vm(row) for row in rows]
 
 
-async def list_live(tx: Tx) -> list[Vm]:
-    rows = await tx.fetch_all(_COLUMNS + " WHERE deleted_at IS NULL ORDER BY created_at, vm_id")
+async def list_live_on_node(tx: Tx, node: str) -> list[Vm]:
+    rows = await tx.fetch_all(
+        _COLUMNS + " WHERE node = $1 AND deleted_at IS NULL ORDER BY created_at, vm_id", node
+    )
     return [_vm(row) for row in rows]
 
 
@@ -132,10 +137,11 @@ async def usage_of_owner(tx: Tx, owner_id: str) -> Usage:
     return Usage(int(row["n"]), int(row["vcpus"]), int(row["mem_mib"]))
 
 
-async def usage_of_server(tx: Tx) -> Usage:
+async def usage_of_node(tx: Tx, node: str) -> Usage:
     row = await tx.fetch_one(
         "SELECT count(*) AS n, coalesce(sum(vcpus), 0) AS vcpus,"
-        " coalesce(sum(mem_mib), 0) AS mem_mib FROM vms WHERE deleted_at IS NULL"
+        " coalesce(sum(mem_mib), 0) AS mem_mib FROM vms WHERE node = $1 AND deleted_at IS NULL",
+        node,
     )
     assert row is not None
     return Usage(int(row["n"]), int(row["vcpus"]), int(row["mem_mib"]))
