@@ -1,12 +1,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import POSTGRES_URL_VARIABLE, Backend, Key, Server, make_key
+from tests.support import POSTGRES_URL_VARIABLE, RUNTIME_DIRS, Backend, Key, Server, make_key
 
 
 def _backends() -> list[object]:
@@ -25,6 +26,8 @@ def _stop_leftover_servers() -> Iterator[None]:
     yield
     for server in Server.started:
         server.stop()
+    for runtime_dir in RUNTIME_DIRS:
+        shutil.rmtree(runtime_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=_backends())

@@ -33,6 +33,8 @@ POSTGRES_URL_VARIABLE = "VERS_ORCHESTRATOR_TEST_POSTGRES_URL"
 REPO = Path(__file__).resolve().parents[1]
 # The default image, built once per machine and shared by every test (see tests/drivers).
 IMAGES_DIR = REPO / "build" / "images"
+# Every backend's VM runtime folder, removed again at the end of the session.
+RUNTIME_DIRS: list[str] = []
 SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
 
 
@@ -54,6 +56,7 @@ class Backend:
         directory.mkdir(parents=True, exist_ok=True)
         # VM RAM and sockets: private to this backend's servers, short for unix sockets.
         runtime_dir = f"/dev/shm/vo-test-{uuid.uuid4().hex[:8]}"
+        RUNTIME_DIRS.append(runtime_dir)
         env = {
             **os.environ,
             "VERS_ORCHESTRATOR_DATA_DIR": str(directory / "data"),
