@@ -75,7 +75,7 @@ class Backend:
 
         def drop() -> None:
             shutil.rmtree(runtime_dir, ignore_errors=True)
-            _postgres_admin(admin_url, f'DROP DATABASE "{database}" WITH (FORCE)')
+            _drop_postgres_database(admin_url, database)
 
         return cls(kind, env, drop)
 
@@ -95,6 +95,20 @@ class Backend:
         if check and result.returncode != 0:
             raise AssertionError(f"{args} failed ({result.returncode}): {result.stderr}")
         return result
+
+
+def _drop_postgres_database(admin_url: str, database: str) -> None:
+    # FORCE ends our own leftover sessions, but not an autovacuum worker that PostgreSQL
+    # may have started in the database (the test role may not signal it): such a worker
+    # is gone a moment later, so try again.
+    for attempt in range(20):
+        try:
+            _postgres_admin(admin_url, f'DROP DATABASE "{database}" WITH (FORCE)')
+            return
+        except (asyncpg.InsufficientPrivilegeError, asyncpg.ObjectInUseError):
+            if attempt == 19:
+                raise
+            time.sleep(0.25)
 
 
 def _postgres_admin(url: str, statement: str) -> None:
