@@ -56,6 +56,10 @@ async def _purge_idempotency_records(db: Database, ttl: timedelta) -> None:
 
 
 def create_app(settings: Settings) -> RequestContextMiddleware:
+    access_log = AccessLog(
+        sys.stderr, enabled=logging.getLevelName(settings.log_level) <= logging.INFO
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await open_database(settings)
@@ -86,6 +90,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             await vm_service.close()
             await driver.close()
             await db.close()
+            access_log.flush()
 
     # The middleware sits on this router, not the app: the interactive docs that Litestar
     # adds beside it stay public without a per-request path check.
@@ -170,8 +175,5 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
                 }
             ),
         ),
-    )
-    access_log = AccessLog(
-        sys.stderr, enabled=logging.getLevelName(settings.log_level) <= logging.INFO
     )
     return RequestContextMiddleware(app, access_log)

@@ -11,9 +11,10 @@ import hashlib
 import hmac
 import re
 import secrets
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
+
+from vers_orchestrator.ids import new_id
 
 _KEY = re.compile(
     r"\A([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})([0-9a-f]{64})\Z"
@@ -49,7 +50,7 @@ class Principal:
 
 
 def new_key() -> NewKey:
-    return NewKey(str(uuid.uuid4()), secrets.token_hex(32))
+    return NewKey(new_id(), secrets.token_hex(32))
 
 
 def hash_secret(secret: str) -> str:

@@ -10,7 +10,6 @@ this order, each step before the body is even read:
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
@@ -19,6 +18,7 @@ from typing import Any
 from vers_orchestrator.api.access_log import AccessLog
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
 from vers_orchestrator.errors import PayloadTooLarge, UnsupportedMediaType
+from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import idempotency
 
 # Litestar types ASGI messages as TypedDict unions that mypy cannot narrow by their
@@ -43,14 +43,6 @@ def _caller_request_id(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
-def _new_request_id() -> str:
-    """A random UUIDv4, without `uuid.uuid4()`'s system call and object: ids for logs
-    need to be unique, not unpredictable."""
-    value = random.getrandbits(128) & ~(0xF000 << 64) & ~(0xC000 << 48)
-    text = f"{value | (0x4000 << 64) | (0x8000 << 48):032x}"
-    return f"{text[:8]}-{text[8:12]}-{text[12:16]}-{text[16:20]}-{text[20:]}"
-
-
 class RequestContextMiddleware:
     """Outermost layer: every response carries `X-Request-Id`; every request is logged."""
 
@@ -64,7 +56,7 @@ class RequestContextMiddleware:
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
-        context = RequestContext(_caller_request_id(headers) or _new_request_id(), headers)
+        context = RequestContext(_caller_request_id(headers) or new_id(), headers)
         scope[CONTEXT_KEY] = context
         request_id_header = (b"x-request-id", context.request_id.encode("ascii"))
         status = 500

@@ -21,6 +21,7 @@ from vers_orchestrator.errors import (
     InvalidCommitId,
     NotFound,
 )
+from vers_orchestrator.ids import new_id
 from vers_orchestrator.schemas.common import rfc3339
 from vers_orchestrator.services.validation import validate_text
 from vers_orchestrator.store import commits as commit_store
@@ -96,7 +97,7 @@ async def record(
         if owner is None:
             raise ValueError(f"no API key {owner_id}")
         commit = Commit(
-            commit_id=commit_id or str(uuid.uuid4()),
+            commit_id=commit_id or new_id(),
             org_id=owner.org_id,
             owner_id=owner_id,
             parent_vm_id=parent_vm_id,

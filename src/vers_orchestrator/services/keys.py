@@ -10,6 +10,7 @@ from datetime import datetime
 from vers_orchestrator import auth
 from vers_orchestrator.auth import Principal
 from vers_orchestrator.errors import InvalidCredentials, InvalidField, MissingCredentials, NotFound
+from vers_orchestrator.ids import new_id
 from vers_orchestrator.services.validation import name_problem, validate_text
 from vers_orchestrator.store import identity
 from vers_orchestrator.store.database import Database, Tx, UniqueViolation, utc_now
@@ -80,12 +81,10 @@ async def create(
         now = utc_now()
         org = await identity.get_organization_by_name(tx, org_name)
         if org is None:
-            org = await identity.insert_organization(tx, str(uuid.uuid4()), org_name, now)
+            org = await identity.insert_organization(tx, new_id(), org_name, now)
         user = await identity.get_user(tx, org.org_id, user_name)
         if user is None:
-            user = await identity.insert_user(
-                tx, str(uuid.uuid4()), org.org_id, user_name, email, now
-            )
+            user = await identity.insert_user(tx, new_id(), org.org_id, user_name, email, now)
         await identity.insert_api_key(
             tx,
             key.api_key_id,

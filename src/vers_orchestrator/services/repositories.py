@@ -7,10 +7,9 @@ can have answer 404 without asking the database.
 
 from __future__ import annotations
 
-import uuid
-
 from vers_orchestrator.auth import Principal
 from vers_orchestrator.errors import RepositoryAlreadyExists, RepositoryNotFound
+from vers_orchestrator.ids import new_id
 from vers_orchestrator.services.validation import (
     REPOSITORY_NAME_MAX,
     is_valid_name,
@@ -28,7 +27,7 @@ async def create(
     validate_repository_name(name)
     validate_text("description", description)
     repository = Repository(
-        repo_id=str(uuid.uuid4()),
+        repo_id=new_id(),
         org_id=principal.org_id,
         name=name,
         description=description,

@@ -10,8 +10,6 @@ commit deleted later stay listed.
 
 from __future__ import annotations
 
-import uuid
-
 from msgspec import UNSET, UnsetType
 
 from vers_orchestrator.auth import Principal
@@ -21,6 +19,7 @@ from vers_orchestrator.errors import (
     TagAlreadyExists,
     TagNotFound,
 )
+from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import repositories
 from vers_orchestrator.services.commits import check_taggable
 from vers_orchestrator.services.validation import (
@@ -51,7 +50,7 @@ async def _new_tag(
     check_taggable(commit, principal)
     now = utc_now()
     tag = Tag(
-        tag_id=str(uuid.uuid4()),
+        tag_id=new_id(),
         org_id=principal.org_id,
         repo_id=repo_id,
         tag_name=tag_name,

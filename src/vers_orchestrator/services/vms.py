@@ -51,6 +51,7 @@ from vers_orchestrator.errors import (
     VmOperationFailed,
     VmOrCommitNotFound,
 )
+from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import commits
 from vers_orchestrator.services.commits import visible_to
 from vers_orchestrator.services.exec_logs import ExecLogs, ExecRun, LogEntry
@@ -349,7 +350,7 @@ class Vms:
         labels: dict[str, str] | None = None,
     ) -> Vm:
         return Vm(
-            vm_id=str(uuid.uuid4()),
+            vm_id=new_id(),
             org_id=principal.org_id,
             owner_id=principal.api_key_id,
             parent_commit_id=parent_commit_id,
@@ -480,7 +481,7 @@ class Vms:
             raise BadRequest("command must not be empty")
         for part in (*command, *(env or {}).keys(), *(env or {}).values(), working_dir or ""):
             validate_text("command", part, 1 << 20)
-        run_id = str(uuid.uuid4())
+        run_id = new_id()
         if exec_id is not None:
             canonical = _canonical_or_none(exec_id)
             if canonical is None:
@@ -677,7 +678,7 @@ class Vms:
         name: str | None,
         description: str | None,
     ) -> Commit:
-        commit_id = str(uuid.uuid4())
+        commit_id = new_id()
         async with self._driver_call(vm.vm_id, "commit the VM"):
             await self._detached(self._driver.commit(vm.vm_id, commit_id, keep_paused=keep_paused))
         try:
@@ -944,7 +945,7 @@ class Vms:
                 repository = await repository_store.get_by_name(tx, principal.org_id, target_repo)
                 if repository is None:
                     repository = Repository(
-                        repo_id=str(uuid.uuid4()),
+                        repo_id=new_id(),
                         org_id=principal.org_id,
                         name=target_repo,
                         description=f"Forked from {source_org}/{source_repo}",
@@ -957,7 +958,7 @@ class Vms:
                 await tag_store.insert(
                     tx,
                     Tag(
-                        tag_id=str(uuid.uuid4()),
+                        tag_id=new_id(),
                         org_id=principal.org_id,
                         repo_id=repository.repo_id,
                         tag_name=target_tag,

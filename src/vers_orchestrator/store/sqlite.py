@@ -37,19 +37,20 @@ def _translate(sql: str) -> str:
     return cached
 
 
-def _adapt(args: tuple[Any, ...]) -> tuple[Any, ...]:
+def _timestamp_text(value: Any) -> Any:
     # Timestamps are stored as fixed-width UTC text so that they sort as they compare.
-    if any(isinstance(a, datetime) for a in args):
-        return tuple(
-            a.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
-            if isinstance(a, datetime)
-            else a
-            for a in args
-        )
+    if type(value) is datetime:
+        return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    return value
+
+
+def _adapt(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    if datetime in map(type, args):
+        return tuple(map(_timestamp_text, args))
     return args
 
 
-def connect(path: Path) -> sqlite3.Connection:
+def connect(path: Path, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Connection:
     conn = sqlite3.connect(
         path, isolation_level=None, check_same_thread=False, cached_statements=256
     )
@@ -58,6 +59,7 @@ def connect(path: Path) -> sqlite3.Connection:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     return conn
 
 
@@ -94,7 +96,8 @@ class SqliteTx:
 class SqliteDatabase:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = connect(path)
+        # The writer never waits for a lock on the event loop: see `_begin`.
+        self._writer = connect(path, busy_timeout_ms=0)
         self._reader = connect(path)
         self._write_tx = SqliteTx(self._writer)
         self._read_tx = SqliteTx(self._reader)
@@ -126,8 +129,7 @@ class SqliteDatabase:
     async def _commit_batch(self, batch: list[tuple[Unit[Any], asyncio.Future[Any]]]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            # BEGIN IMMEDIATE may wait on another process's lock (the CLI): not on the loop.
-            await loop.run_in_executor(self._disk, self._writer.execute, "BEGIN IMMEDIATE")
+            await self._begin()
             outcomes = [await self._run_in_savepoint(unit) for unit, _ in batch]
             await loop.run_in_executor(self._disk, self._writer.execute, "COMMIT")
         except Exception as exc:
@@ -144,6 +146,24 @@ class SqliteDatabase:
                 future.set_result(value)
             else:
                 future.set_exception(value)
+
+    async def _begin(self) -> None:
+        """BEGIN IMMEDIATE on the loop when the write lock is free, as it is unless another
+        process (the CLI) writes; else wait for the lock in the commit thread. A thread hop
+        per batch costs more than the BEGIN itself."""
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        except sqlite3.OperationalError as exc:
+            if exc.sqlite_errorcode != sqlite3.SQLITE_BUSY:
+                raise
+            await asyncio.get_running_loop().run_in_executor(self._disk, self._begin_waiting)
+
+    def _begin_waiting(self) -> None:
+        self._writer.execute(f"PRAGMA busy_timeout = {_BUSY_TIMEOUT_MS}")
+        try:
+            self._writer.execute("BEGIN IMMEDIATE")
+        finally:
+            self._writer.execute("PRAGMA busy_timeout = 0")
 
     async def _run_in_savepoint(self, unit: Unit[Any]) -> tuple[bool, Any]:
         self._writer.execute("SAVEPOINT unit")
