@@ -30,6 +30,7 @@ from vers_orchestrator.api import (
 from vers_orchestrator.api.access_log import AccessLog
 from vers_orchestrator.api.errors import EXCEPTION_HANDLERS
 from vers_orchestrator.api.middleware import ApiMiddleware, RequestContextMiddleware
+from vers_orchestrator.api.responses import JsonResponse
 from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
 from vers_orchestrator.drivers import create_driver
 from vers_orchestrator.services import idempotency
@@ -98,6 +99,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
         path="/",
         # Litestar's middleware types are TypedDict unions; ApiMiddleware takes plain dicts.
         middleware=[DefineMiddleware(cast(Any, ApiMiddleware))],
+        response_class=JsonResponse,
         route_handlers=[
             repositories.create_repository,
             repositories.list_repositories,
