@@ -39,6 +39,9 @@ class Settings:
     # counts each VM's full RAM size; 0 means three quarters of the host's memory.
     max_vms: int = 32
     max_vm_memory_mib: int = 0
+    # Simple handlers are called without Litestar's per-request pipeline (api/direct.py);
+    # the replies are the same either way. Off is a way to rule that path out.
+    direct_handler_calls: bool = True
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -68,6 +71,7 @@ class Settings:
                 vm_runtime_dir=Path(get("VM_RUNTIME_DIR") or defaults.vm_runtime_dir),
                 max_vms=int(get("MAX_VMS") or defaults.max_vms),
                 max_vm_memory_mib=int(get("MAX_VM_MEMORY_MIB") or defaults.max_vm_memory_mib),
+                direct_handler_calls=_flag("DIRECT_HANDLER_CALLS", get("DIRECT_HANDLER_CALLS")),
             )
         except ValueError as exc:
             raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc
@@ -115,6 +119,16 @@ def _choice(name: str, value: str) -> str:
     if value not in VM_ACCELERATORS:
         raise ValueError(f"{ENV_PREFIX}{name} must be one of {', '.join(VM_ACCELERATORS)}")
     return value
+
+
+def _flag(name: str, value: str | None, default: bool = True) -> bool:
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes", "on"):
+        return True
+    if value.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{ENV_PREFIX}{name} must be true or false")
 
 
 def _optional_path(value: str | None) -> Path | None:

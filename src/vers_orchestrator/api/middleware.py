@@ -16,8 +16,9 @@ from datetime import timedelta
 from typing import Any
 
 from vers_orchestrator.api.access_log import AccessLog
+from vers_orchestrator.api.direct import direct_call, read_body, replay
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
-from vers_orchestrator.errors import PayloadTooLarge, UnsupportedMediaType
+from vers_orchestrator.errors import UnsupportedMediaType
 from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import idempotency
 
@@ -90,6 +91,17 @@ class ApiMiddleware:
 
     def __init__(self, app: Any) -> None:
         self._app: RawApp = app
+        # Per handler: its direct call (api/direct.py) or Litestar's path, chosen once.
+        self._next_apps: dict[Any, RawApp] = {}
+
+    def _next_app(self, handler: Any, runtime: Runtime) -> RawApp:
+        next_app = self._next_apps.get(handler)
+        if next_app is None:
+            direct = None
+            if runtime.settings.direct_handler_calls:
+                direct = direct_call(handler, self._app)
+            next_app = self._next_apps[handler] = direct or self._app
+        return next_app
 
     async def __call__(self, scope: Any, receive: RawReceive, send: RawSend) -> None:
         runtime: Runtime = scope["litestar_app"].state[RUNTIME_KEY]
@@ -106,6 +118,7 @@ class ApiMiddleware:
         body_parameter = handler.parsed_fn_signature.parameters.get("data")
         if body_parameter is not None:
             _require_json(headers, body_parameter.has_default)
+        next_app = self._app if scope["method"] == "HEAD" else self._next_app(handler, runtime)
         idempotency_key = headers.get(b"x-idempotency-key")
         if (
             principal is None
@@ -113,7 +126,7 @@ class ApiMiddleware:
             or scope["method"] not in MUTATING_METHODS
             or handler.opt.get(STREAMING)
         ):
-            await self._app(scope, receive, send)
+            await next_app(scope, receive, send)
             return
         await _run_idempotently(
             runtime,
@@ -122,7 +135,7 @@ class ApiMiddleware:
             scope,
             receive,
             send,
-            self._app,
+            next_app,
         )
 
 
@@ -137,23 +150,6 @@ def _require_json(headers: dict[bytes, bytes], body_optional: bool) -> None:
         raise UnsupportedMediaType()
 
 
-async def _read_body(receive: RawReceive, limit: int) -> bytes:
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return b"".join(chunks)
-
-
 async def _run_idempotently(
     runtime: Runtime,
     api_key_id: str,
@@ -164,7 +160,7 @@ async def _run_idempotently(
     next_app: RawApp,
 ) -> None:
     settings = runtime.settings
-    body = await _read_body(receive, settings.max_body_bytes)
+    body = await read_body(receive, settings.max_body_bytes)
     request_hash = idempotency.fingerprint(
         scope["method"], scope["path"], scope.get("query_string", b""), body
     )
@@ -183,15 +179,6 @@ async def _run_idempotently(
         await send({"type": "http.response.body", "body": stored.body})
         return
 
-    body_sent = False
-
-    async def replay_body() -> Message:
-        nonlocal body_sent
-        if body_sent:
-            return await receive()
-        body_sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
     # The response is held back until it is stored: once a client has seen it, a retry
     # must replay it, not run again.
     start: Message | None = None
@@ -207,7 +194,7 @@ async def _run_idempotently(
             await send(message)
 
     try:
-        await next_app(scope, replay_body, capture)
+        await next_app(scope, replay(body, receive), capture)
     except BaseException:
         await idempotency.abandon(runtime.db, api_key_id, key)
         raise

@@ -18,12 +18,13 @@ from litestar.background_tasks import BackgroundTask, BackgroundTasks
 from litestar.datastructures import Cookie
 from litestar.enums import MediaType
 from litestar.response.base import ASGIResponse
-from litestar.serialization import get_serializer
-from litestar.types import Receive, Scope, Send, TypeEncodersMap
+from litestar.serialization import encode_json, get_serializer
+from litestar.types import TypeEncodersMap
 
 _JSON = MediaType.JSON.value
 _NO_BODY_STATUSES = frozenset({204, 304})
 _JSON_CONTENT_TYPE = (b"content-type", _JSON.encode("latin-1"))
+_SERIALIZER = get_serializer()
 
 
 class JsonReply:
@@ -36,7 +37,7 @@ class JsonReply:
         self.headers = headers
         self.body = body
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         await send(
             {"type": "http.response.start", "status": self.status_code, "headers": self.headers}
         )
@@ -85,11 +86,21 @@ class JsonResponse(Response[Any]):
                 status_code=status_code,
                 type_encoders=type_encoders,
             )
-        if status in _NO_BODY_STATUSES:
-            return JsonReply(status, [], b"")
-        body = self.render(self.content, _JSON, get_serializer())
-        return JsonReply(
-            status,
-            [_JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode("ascii"))],
-            body,
-        )
+        return json_reply(self.content, status)
+
+
+def json_reply(content: Any, status_code: int) -> JsonReply:
+    """What Litestar sends for `content` returned with `status_code`, JSON with no extras."""
+    if status_code in _NO_BODY_STATUSES:
+        return JsonReply(status_code, [], b"")
+    if isinstance(content, bytes):
+        body = content
+    elif isinstance(content, str):  # as `Response.render`: a string is sent as it is
+        body = content.encode()
+    else:
+        body = encode_json(content, _SERIALIZER)
+    return JsonReply(
+        status_code,
+        [_JSON_CONTENT_TYPE, (b"content-length", str(len(body)).encode("ascii"))],
+        body,
+    )
