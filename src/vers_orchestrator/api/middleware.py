@@ -48,12 +48,12 @@ class RequestContextMiddleware:
     """Outermost layer: every response carries `X-Request-Id`; every request is logged."""
 
     def __init__(self, app: Any, access_log: AccessLog) -> None:
-        self._app: RawApp = app
+        self.app: RawApp = app
         self._access_log = access_log
 
     async def __call__(self, scope: Any, receive: RawReceive, send: RawSend) -> None:
         if scope["type"] != "http":
-            await self._app(scope, receive, send)
+            await self.app(scope, receive, send)
             return
         started = time.perf_counter()
         headers = dict(scope["headers"])
@@ -70,7 +70,7 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self._app(scope, receive, send_with_request_id)
+            await self.app(scope, receive, send_with_request_id)
         finally:
             self._access_log.write(
                 context.request_id,
