@@ -109,3 +109,15 @@ class TestKeysListAndRevoke:
 def test_db_upgrade_is_repeatable(backend: Backend) -> None:
     for _ in range(2):
         assert backend.cli("db", "upgrade").stdout.strip() == "database is at the newest schema"
+
+
+def test_an_unusable_setting_is_refused_before_anything_runs(backend: Backend) -> None:
+    broken = Backend(
+        backend.kind, {**backend.env, "VERS_ORCHESTRATOR_DIRECT_HANDLER_CALLS": "maybe"}
+    )
+    result = broken.cli("db", "upgrade", check=False)
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        "error: invalid VERS_ORCHESTRATOR_* setting:"
+        " VERS_ORCHESTRATOR_DIRECT_HANDLER_CALLS must be true or false\n"
+    )
