@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -55,18 +56,29 @@ def postgres_url() -> str:
     ).stdout.strip()
 
 
+# Databases this run made, dropped when it ends: each holds a run's worth of rows.
+_created_databases: list[tuple[str, str]] = []
+
+
 def fresh_postgres_database(admin_url: str) -> str:
     name = f"vers_bench_{uuid.uuid4().hex[:12]}"
-
-    async def create() -> None:
-        connection = await asyncpg.connect(admin_url)
-        try:
-            await connection.execute(f'CREATE DATABASE "{name}"')
-        finally:
-            await connection.close()
-
-    asyncio.run(create())
+    asyncio.run(_admin(admin_url, f'CREATE DATABASE "{name}"'))
+    _created_databases.append((admin_url, name))
     return admin_url.rsplit("/", 1)[0] + "/" + name
+
+
+def drop_created_databases() -> None:
+    while _created_databases:
+        admin_url, name = _created_databases.pop()
+        asyncio.run(_admin(admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+async def _admin(admin_url: str, statement: str) -> None:
+    connection = await asyncpg.connect(admin_url)
+    try:
+        await connection.execute(statement)
+    finally:
+        await connection.close()
 
 
 def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
@@ -213,7 +225,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     runs: dict[tuple[str, int], list[Result]] = {}
-    with tempfile.TemporaryDirectory(prefix="vers-bench-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="vers-bench-") as scratch,
+        contextlib.ExitStack() as cleanup,
+    ):
+        cleanup.callback(drop_created_databases)
         # Rounds interleave the targets, so a noisy minute hurts each of them alike.
         for round_number in range(args.repeat):
             for index, target in enumerate(args.targets):

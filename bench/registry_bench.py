@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -27,7 +28,11 @@ from pathlib import Path
 
 import httpx
 
-from bench_create import fresh_postgres_database, postgres_url  # this folder
+from bench_create import (  # this folder
+    drop_created_databases,
+    fresh_postgres_database,
+    postgres_url,
+)
 from vers_orchestrator.services import keys
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import repositories as repository_store
@@ -208,7 +213,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     results: list[Result] = []
-    with tempfile.TemporaryDirectory(prefix="vers-registry-bench-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="vers-registry-bench-") as scratch,
+        contextlib.ExitStack() as cleanup,
+    ):
+        cleanup.callback(drop_created_databases)
         for database in args.databases:
             workdir = Path(scratch) / database
             workdir.mkdir()
