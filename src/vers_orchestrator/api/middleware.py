@@ -6,6 +6,8 @@ this order, each step before the body is even read:
 1. authentication (401 whatever the body), unless the route is marked public;
 2. the JSON content type of routes that take a body (415);
 3. `X-Idempotency-Key` replay for mutating methods.
+Then it calls the handler: directly when the handler is simple enough (`api/direct.py`),
+else through Litestar's handler pipeline.
 """
 
 from __future__ import annotations
