@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 import types
 import typing
-from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 import msgspec
@@ -34,13 +33,8 @@ from litestar import Request
 from litestar.enums import MediaType
 from litestar.handlers import HTTPRouteHandler
 
+from vers_orchestrator.api.asgi import RawApp, RawReceive, RawSend, read_body, replay
 from vers_orchestrator.api.responses import JsonResponse, json_reply
-from vers_orchestrator.errors import PayloadTooLarge
-
-Message = dict[str, Any]
-RawReceive = Callable[[], Awaitable[Message]]
-RawSend = Callable[[Message], Awaitable[None]]
-RawApp = Callable[[Any, RawReceive, RawSend], Awaitable[None]]
 
 _PATH_PARAMETER = re.compile(r"{(\w+):(\w+)}")
 
@@ -159,35 +153,3 @@ def _returns_json(annotation: Any) -> bool:
         return False
     (item,) = typing.get_args(annotation)
     return _is_struct(item)
-
-
-async def read_body(receive: RawReceive, limit: int) -> bytes:
-    """The whole request body; 413 past `limit` bytes (0: no limit)."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            break
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if limit and size > limit:
-            raise PayloadTooLarge()
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
-
-
-def replay(body: bytes, receive: RawReceive) -> RawReceive:
-    """A `receive` that gives the body read already, then whatever the connection says."""
-    sent = False
-
-    async def replaying() -> Message:
-        nonlocal sent
-        if sent:
-            return await receive()
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return replaying

@@ -13,23 +13,16 @@ else through Litestar's handler pipeline.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
 
 from vers_orchestrator.api.access_log import AccessLog
-from vers_orchestrator.api.direct import direct_call, read_body, replay
+from vers_orchestrator.api.asgi import Message, RawApp, RawReceive, RawSend, read_body, replay
+from vers_orchestrator.api.direct import direct_call
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
 from vers_orchestrator.errors import UnsupportedMediaType
 from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import idempotency
-
-# Litestar types ASGI messages as TypedDict unions that mypy cannot narrow by their
-# "type" key; the functions below build and inspect raw messages as plain dicts.
-Message = dict[str, Any]
-RawReceive = Callable[[], Awaitable[Message]]
-RawSend = Callable[[Message], Awaitable[None]]
-RawApp = Callable[[Any, RawReceive, RawSend], Awaitable[None]]
 
 PUBLIC = "public"  # handler opt: no authentication
 # Handler opt: the response is a stream, sent as it is made; it is never stored for replay.

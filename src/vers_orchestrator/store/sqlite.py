@@ -59,6 +59,8 @@ def connect(path: Path, busy_timeout_ms: int = _BUSY_TIMEOUT_MS) -> sqlite3.Conn
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = FULL")
     conn.execute("PRAGMA foreign_keys = ON")
+    # Switching to WAL above may wait for another process's lock; from here on, the
+    # connection waits as its caller asked.
     conn.execute(f"PRAGMA busy_timeout = {busy_timeout_ms}")
     return conn
 

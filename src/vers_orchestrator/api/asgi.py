@@ -1,0 +1,50 @@
+"""Raw ASGI: message types and request-body helpers shared by the route middleware and
+direct handler calls.
+
+Litestar types ASGI messages as TypedDict unions that mypy cannot narrow by their
+"type" key; the code that builds and inspects raw messages uses plain dicts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from vers_orchestrator.errors import PayloadTooLarge
+
+Message = dict[str, Any]
+RawReceive = Callable[[], Awaitable[Message]]
+RawSend = Callable[[Message], Awaitable[None]]
+RawApp = Callable[[Any, RawReceive, RawSend], Awaitable[None]]
+
+
+async def read_body(receive: RawReceive, limit: int) -> bytes:
+    """The whole request body; 413 past `limit` bytes (0: no limit)."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if limit and size > limit:
+            raise PayloadTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def replay(body: bytes, receive: RawReceive) -> RawReceive:
+    """A `receive` that gives the body read already, then whatever the connection says."""
+    sent = False
+
+    async def replaying() -> Message:
+        nonlocal sent
+        if sent:
+            return await receive()
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replaying
