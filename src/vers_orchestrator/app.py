@@ -25,6 +25,8 @@ from vers_orchestrator.api import (
     public,
     repositories,
     system,
+    vm_guest,
+    vm_snapshots,
     vms,
 )
 from vers_orchestrator.api.access_log import AccessLog
@@ -133,24 +135,20 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             vms.update_vm_state,
             vms.delete_vm,
             vms.resize_vm_disk,
-            vms.exec_vm,
-            vms.exec_vm_stream,
-            vms.exec_vm_stream_attach,
-            vms.vm_logs,
-            vms.read_file_vm,
-            vms.write_file_vm,
-            vms.ssh_key,
             vms.label_vm,
             vms.replace_vm_labels,
             vms.delete_vm_label,
-            vms.commit_vm,
-            vms.restore_from_commit,
-            vms.branch_vm,
-            vms.branch_by_vm,
-            vms.branch_by_commit,
-            vms.branch_by_tag,
-            vms.branch_by_ref,
-            vms.fork_repository,
+            vm_guest.exec_vm_stream_attach,
+            vm_guest.vm_logs,
+            vm_guest.ssh_key,
+            vm_snapshots.commit_vm,
+            vm_snapshots.restore_from_commit,
+            vm_snapshots.branch_vm,
+            vm_snapshots.branch_by_vm,
+            vm_snapshots.branch_by_commit,
+            vm_snapshots.branch_by_tag,
+            vm_snapshots.branch_by_ref,
+            vm_snapshots.fork_repository,
             identity.whoami_handler,
             identity.validate_key,
             system.version_handler,
@@ -158,8 +156,22 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             openapi.openapi_document,
         ],
     )
+    # The routes that carry files or stdin take larger bodies than the rest (a path's
+    # methods must all be on one router).
+    bulk = Router(
+        path="/",
+        middleware=[DefineMiddleware(cast(Any, ApiMiddleware))],
+        response_class=JsonResponse,
+        request_max_body_size=settings.max_bulk_body_bytes,
+        route_handlers=[
+            vm_guest.exec_vm,
+            vm_guest.exec_vm_stream,
+            vm_guest.read_file_vm,
+            vm_guest.write_file_vm,
+        ],
+    )
     app = Litestar(
-        route_handlers=[api],
+        route_handlers=[api, bulk],
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

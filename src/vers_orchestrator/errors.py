@@ -64,6 +64,13 @@ class GuestRefused(BadRequest):
         super().__init__(f"the VM refused: {reason}")
 
 
+class NotRegularFile(BadRequest):
+    """The files routes read and write regular files only; exec is for the others."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"not a regular file: {path}")
+
+
 # 401
 class Unauthorized(VersError):
     status_code = 401

@@ -25,6 +25,11 @@ class Settings:
     # Revocations reach every replica within this many seconds; 0 disables the cache.
     auth_cache_seconds: float = 5.0
     max_body_bytes: int = 1024 * 1024
+    # The JSON (base64) form of the files routes carries files up to this size, and exec
+    # bodies (stdin) may be as large; raw file transfers have no limit but the guest's disk.
+    max_file_bytes: int = 64 * 1024 * 1024
+    # Exec output kept on disk per VM for `logs` and `exec/stream/attach`; the oldest goes.
+    exec_log_bytes_per_vm: int = 16 * 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
     postgres_pool_size: int = 16
     # "auto" uses KVM when it can run the guest kernel and TCG otherwise; "kvm"/"tcg" force.
@@ -59,6 +64,10 @@ class Settings:
                 log_level=(get("LOG_LEVEL") or defaults.log_level).upper(),
                 auth_cache_seconds=float(get("AUTH_CACHE_SECONDS") or defaults.auth_cache_seconds),
                 max_body_bytes=int(get("MAX_BODY_BYTES") or defaults.max_body_bytes),
+                max_file_bytes=int(get("MAX_FILE_BYTES") or defaults.max_file_bytes),
+                exec_log_bytes_per_vm=int(
+                    get("EXEC_LOG_BYTES_PER_VM") or defaults.exec_log_bytes_per_vm
+                ),
                 idempotency_ttl_seconds=int(
                     get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds
                 ),
@@ -75,6 +84,12 @@ class Settings:
             )
         except ValueError as exc:
             raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc
+
+    @property
+    def max_bulk_body_bytes(self) -> int:
+        """The body limit of the routes that carry files or stdin: a file of
+        `max_file_bytes` in base64, with room for the rest of the JSON."""
+        return -(-self.max_file_bytes // 3) * 4 + 64 * 1024
 
     @property
     def effective_images_dir(self) -> Path:

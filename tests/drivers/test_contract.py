@@ -9,10 +9,11 @@ server restart looks like.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +24,10 @@ from vers_orchestrator.drivers.base import (
     CommitAlreadyExists,
     CommitNotFound,
     ExecRequest,
-    ExecTimeout,
+    FileTooLarge,
     GuestFileNotFound,
     InvalidRequest,
+    NotRegularFile,
     VmDriver,
     VmNotFound,
     VmNotRunning,
@@ -205,18 +207,75 @@ class TestExec:
         request = ExecRequest(argv=("pwd",), working_dir="/usr/share")
         assert run(harness, lambda d: d.exec(root_vm, request)).stdout == b"/usr/share\n"
 
-    def test_missing_working_directory_fails_like_a_shell(
+    def test_the_default_working_directory_is_roots_home(
         self, harness: Harness, root_vm: str
     ) -> None:
+        assert run(harness, lambda d: d.exec(root_vm, ExecRequest(argv=("pwd",)))).stdout == (
+            b"/root\n"
+        )
+
+    def test_a_missing_working_directory_is_refused(self, harness: Harness, root_vm: str) -> None:
         request = ExecRequest(argv=("pwd",), working_dir="/no/such/dir")
-        result = run(harness, lambda d: d.exec(root_vm, request))
-        assert (result.exit_code, result.stdout) == (2, b"")
-        assert b"/no/such/dir" in result.stderr
+        with pytest.raises(InvalidRequest) as raised:
+            run(harness, lambda d: d.exec(root_vm, request))
+        assert str(raised.value) == "working directory not found: /no/such/dir"
 
     def test_missing_command_is_127(self, harness: Harness, root_vm: str) -> None:
         request = ExecRequest(argv=("no-such-command",))
         result = run(harness, lambda d: d.exec(root_vm, request))
-        assert (result.exit_code, result.stdout) == (127, b"")
+        assert (result.exit_code, result.stdout, result.stderr) == (
+            127,
+            b"",
+            b"vers-agent: cannot run no-such-command: command not found\n",
+        )
+
+    def test_a_program_that_cannot_run_is_126(self, harness: Harness, root_vm: str) -> None:
+        request = ExecRequest(argv=("/etc/hostname",))
+        result = run(harness, lambda d: d.exec(root_vm, request))
+        assert result.exit_code == 126
+
+    def test_the_command_is_looked_up_in_its_own_path(self, harness: Harness, root_vm: str) -> None:
+        async def check(driver: VmDriver) -> None:
+            await driver.write_file(
+                root_vm, "/opt/tools/hello", b"#!/bin/sh\necho hi\n", mode=0o755, create_dirs=True
+            )
+            request = ExecRequest(argv=("hello",), env={"PATH": "/opt/tools:/usr/bin:/bin"})
+            assert (await driver.exec(root_vm, request)).stdout == b"hi\n"
+
+        run(harness, check)
+
+    def test_a_command_runs_in_a_session_of_its_own(self, harness: Harness, root_vm: str) -> None:
+        request = ExecRequest(argv=("sh", "-c", "ps -o sid=,pgid= -p $$"))
+        sid, pgid = run(harness, lambda d: d.exec(root_vm, request)).stdout.split()
+        assert sid == pgid
+        assert int(sid) > 1
+
+    def test_background_processes_do_not_hold_the_call(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        async def check(driver: VmDriver) -> None:
+            started = time.monotonic()
+            result = await driver.exec(
+                root_vm, ExecRequest(argv=("sh", "-c", "sleep 25 & echo started"))
+            )
+            assert time.monotonic() - started < 2.0
+            assert (result.exit_code, result.stdout) == (0, b"started\n")
+            # It keeps running, detached, and its later writes do not kill it.
+            assert await shell(driver, root_vm, "pgrep -cx sleep || :") != b"0\n"
+            await shell(driver, root_vm, "pkill -x sleep || :")
+
+        run(harness, check)
+
+    def test_a_background_process_that_writes_keeps_running(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        async def check(driver: VmDriver) -> None:
+            script = "(for i in 1 2 3 4 5 6; do echo tick; sleep 0.2; done; touch /tmp/ticked) &"
+            await driver.exec(root_vm, ExecRequest(argv=("sh", "-c", script)))
+            await asyncio.sleep(2.5)
+            assert await shell(driver, root_vm, "ls /tmp/ticked") == b"/tmp/ticked\n"
+
+        run(harness, check)
 
     def test_a_signal_is_reported_as_128_plus_its_number(
         self, harness: Harness, root_vm: str
@@ -232,12 +291,100 @@ class TestExec:
                 argv=("sh", "-c", "echo started; sleep 31 & sleep 32"), timeout_seconds=1.0
             )
             started = time.monotonic()
-            with pytest.raises(ExecTimeout) as raised:
-                await driver.exec(root_vm, request)
-            assert time.monotonic() - started < 15
-            assert (raised.value.timeout_seconds, raised.value.stdout) == (1.0, b"started\n")
+            result = await driver.exec(root_vm, request)
+            assert time.monotonic() - started < 2.0
+            assert (result.timed_out, result.exit_code, result.stdout) == (
+                True,
+                128 + 9,
+                b"started\n",
+            )
             left = await shell(driver, root_vm, "ps -e -o args= | grep -c '^sleep 3[12]$' || :")
             assert left == b"0\n"
+
+        run(harness, check)
+
+    def test_timeout_kills_reparented_and_escaped_descendants(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        async def check(driver: VmDriver) -> None:
+            # One leaves through a subshell (reparented), one through setsid (its own session).
+            script = "(sleep 302 &); setsid sleep 303 & sleep 100"
+            started = time.monotonic()
+            result = await driver.exec(
+                root_vm, ExecRequest(argv=("sh", "-c", script), timeout_seconds=2.0)
+            )
+            answered = time.monotonic() - started
+            assert result.timed_out
+            assert 2.0 <= answered < 3.0
+            left = await shell(driver, root_vm, "ps -e -o args= | grep -c '^sleep 30[23]$' || :")
+            assert left == b"0\n"
+
+        run(harness, check)
+
+    def test_output_beyond_the_limit_is_cut_and_says_so(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        request = ExecRequest(
+            argv=("sh", "-c", "head -c 20000000 /dev/zero; echo done >&2"),
+            output_limit=16 * MIB,
+        )
+        result = run(harness, lambda d: d.exec(root_vm, request))
+        assert (len(result.stdout), result.stdout_truncated, result.stdout_bytes) == (
+            16 * MIB,
+            True,
+            20_000_000,
+        )
+        assert (result.stderr, result.stderr_truncated, result.exit_code) == (b"done\n", False, 0)
+
+    def test_streamed_output_is_whole_and_comes_as_written(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        async def check(driver: VmDriver) -> None:
+            arrivals: list[tuple[float, str, bytes]] = []
+
+            async def sink(stream: str, data: bytes) -> None:
+                arrivals.append((time.monotonic(), stream, data))
+
+            script = "echo one; sleep 1; echo two >&2; sleep 1; head -c 20000000 /dev/zero"
+            started = time.monotonic()
+            result = await driver.exec(root_vm, ExecRequest(argv=("sh", "-c", script)), sink)
+            assert (result.exit_code, result.stdout, result.stdout_truncated) == (0, b"", False)
+            assert arrivals[0][1:] == ("stdout", b"one\n")
+            assert arrivals[0][0] - started < 0.5
+            two = next(arrival for arrival in arrivals if arrival[1] == "stderr")
+            assert two[2] == b"two\n"
+            assert 0.9 < two[0] - started < 1.6
+            stdout = b"".join(data for _, stream, data in arrivals if stream == "stdout")
+            assert stdout == b"one\n" + bytes(20_000_000)
+
+        run(harness, check)
+
+    def test_stdin_of_10_mib(self, harness: Harness, root_vm: str) -> None:
+        data = os.urandom(10 * MIB)
+        request = ExecRequest(argv=("sha256sum",), stdin=data)
+        result = run(harness, lambda d: d.exec(root_vm, request))
+        assert result.stdout == f"{hashlib.sha256(data).hexdigest()}  -\n".encode()
+
+    def test_concurrent_execs_do_not_wait_for_each_other(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        async def check(driver: VmDriver) -> None:
+            started = time.monotonic()
+            slow = asyncio.ensure_future(
+                driver.exec(root_vm, ExecRequest(argv=("sh", "-c", "sleep 3; echo slow")))
+            )
+            quick = await driver.exec(root_vm, ExecRequest(argv=("echo", "quick")))
+            assert quick.stdout == b"quick\n"
+            assert time.monotonic() - started < 2.0
+            many = await asyncio.gather(
+                *(
+                    driver.exec(root_vm, ExecRequest(argv=("sh", "-c", f"sleep 1; echo {n}")))
+                    for n in range(5)
+                )
+            )
+            assert [result.stdout for result in many] == [f"{n}\n".encode() for n in range(5)]
+            assert (await slow).stdout == b"slow\n"
+            assert time.monotonic() - started < 5.0
 
         run(harness, check)
 
@@ -266,6 +413,78 @@ class TestFiles:
             stat = await shell(driver, root_vm, "stat -c '%a %s' /srv/new/dir/secret")
             assert stat == b"600 6\n"
             assert await driver.read_file(root_vm, "/srv/new/dir/secret") == b"s3cret"
+
+        run(harness, check)
+
+    def test_devices_directories_and_fifos_are_not_files(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        async def check(driver: VmDriver) -> None:
+            await shell(driver, root_vm, "mkfifo /tmp/fifo")
+            for path in ("/dev/zero", "/tmp", "/tmp/fifo"):
+                with pytest.raises(NotRegularFile) as raised:
+                    await driver.read_file(root_vm, path)
+                assert str(raised.value) == f"not a regular file: {path}"
+            for path in ("/dev/null", "/tmp/fifo", "/root"):
+                with pytest.raises(NotRegularFile):
+                    await driver.write_file(root_vm, path, b"x")
+
+        run(harness, check)
+
+    def test_a_file_over_max_bytes_is_refused(self, harness: Harness, root_vm: str) -> None:
+        async def check(driver: VmDriver) -> None:
+            await driver.write_file(root_vm, "/root/ten", b"0123456789")
+            with pytest.raises(FileTooLarge):
+                await driver.read_file(root_vm, "/root/ten", max_bytes=9)
+            assert await driver.read_file(root_vm, "/root/ten", max_bytes=10) == b"0123456789"
+
+        run(harness, check)
+
+    def test_files_stream_both_ways(self, harness: Harness, root_vm: str) -> None:
+        piece = os.urandom(MIB)
+
+        async def pieces() -> AsyncIterator[bytes]:
+            for _ in range(32):
+                yield piece
+
+        async def check(driver: VmDriver) -> None:
+            written = await driver.write_file(root_vm, "/root/streamed.bin", pieces())
+            assert written == 32 * MIB
+            digest = hashlib.sha256()
+            async with driver.open_file(root_vm, "/root/streamed.bin") as reader:
+                assert reader.size == 32 * MIB
+                async for chunk in reader.chunks():
+                    digest.update(chunk)
+            assert digest.digest() == hashlib.sha256(piece * 32).digest()
+            await shell(driver, root_vm, "rm /root/streamed.bin")
+
+        run(harness, check)
+
+    def test_a_write_that_fails_half_way_leaves_the_old_file(
+        self, harness: Harness, root_vm: str
+    ) -> None:
+        async def failing() -> AsyncIterator[bytes]:
+            yield b"new content, " * 100_000
+            raise ConnectionResetError("the client went away")
+
+        async def check(driver: VmDriver) -> None:
+            await driver.write_file(root_vm, "/root/kept.txt", b"old content\n")
+            with pytest.raises(ConnectionResetError):
+                await driver.write_file(root_vm, "/root/kept.txt", failing())
+            assert await driver.read_file(root_vm, "/root/kept.txt") == b"old content\n"
+            await asyncio.sleep(0.5)
+            assert await shell(driver, root_vm, "ls -A /root | grep -c vers- || :") == b"0\n"
+
+        run(harness, check)
+
+    def test_a_rewrite_keeps_mode_and_owner(self, harness: Harness, root_vm: str) -> None:
+        async def check(driver: VmDriver) -> None:
+            await driver.write_file(root_vm, "/tmp/owned", b"a", mode=0o640)
+            await shell(driver, root_vm, "chown 1234:5678 /tmp/owned")
+            await driver.write_file(root_vm, "/tmp/owned", b"bb")
+            assert await shell(driver, root_vm, "stat -c '%a %u %g %s' /tmp/owned") == (
+                b"640 1234 5678 2\n"
+            )
 
         run(harness, check)
 
@@ -382,11 +601,60 @@ class TestCommitAndBranch:
         with pytest.raises(CommitNotFound):
             run(harness, lambda d: d.restore("no-such-commit", ["orphan"]))
 
+    def test_an_exec_running_during_a_commit_finishes(self, harness: Harness, root_vm: str) -> None:
+        async def check(driver: VmDriver) -> None:
+            running = asyncio.ensure_future(
+                driver.exec(root_vm, ExecRequest(argv=("sh", "-c", "sleep 1; echo done")))
+            )
+            await asyncio.sleep(0.3)
+            await driver.commit(root_vm, "commit-during-exec")
+            assert (await running).stdout == b"done\n"
+            await driver.delete_commit("commit-during-exec")
+
+        run(harness, check)
+
     def test_a_commit_id_cannot_be_reused(
         self, harness: Harness, root_vm: str, family: Family
     ) -> None:
         with pytest.raises(CommitAlreadyExists):
             run(harness, lambda d: d.commit(root_vm, family.commit_id))
+
+
+class TestIdentity:
+    def test_a_restored_guest_has_the_hosts_time(self, harness: Harness, family: Family) -> None:
+        async def check(driver: VmDriver) -> None:
+            (vm,) = await driver.restore(family.commit_id, ["clocked"])
+            before = time.time()
+            guest_time = float(await shell(driver, vm.vm_id, "date +%s.%N"))
+            after = time.time()
+            assert before - 0.1 <= guest_time <= after + 0.1
+            await driver.delete_vm(vm.vm_id)
+
+        run(harness, check)
+
+    def test_the_clock_is_right_again_after_a_pause(self, harness: Harness, root_vm: str) -> None:
+        async def check(driver: VmDriver) -> None:
+            await driver.pause(root_vm)
+            await asyncio.sleep(1.5)
+            await driver.resume(root_vm)
+            before = time.time()
+            guest_time = float(await shell(driver, root_vm, "date +%s.%N"))
+            after = time.time()
+            assert before - 0.1 <= guest_time <= after + 0.1
+
+        run(harness, check)
+
+    def test_every_vm_has_its_own_hostname_and_host_key(
+        self, harness: Harness, root_vm: str, family: Family
+    ) -> None:
+        async def check(driver: VmDriver) -> None:
+            keys = set()
+            for vm_id in (root_vm, *family.restored, *family.branched):
+                assert await shell(driver, vm_id, "hostname") == f"{vm_id}\n".encode()
+                keys.add(await driver.read_file(vm_id, "/etc/ssh/ssh_host_ed25519_key.pub"))
+            assert len(keys) == 1 + len(family.restored) + len(family.branched)
+
+        run(harness, check)
 
 
 class TestRestart:

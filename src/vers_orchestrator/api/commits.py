@@ -135,7 +135,7 @@ async def update_commit(
 )
 async def delete_commit(request: AnyRequest, commit_id: CommitId) -> None:
     # Through the VM service: the snapshot's data on the host goes with the commit.
-    await runtime(request).vms.delete_commit(principal(request), commit_id)
+    await runtime(request).vms.snapshots.delete_commit(principal(request), commit_id)
 
 
 @get(

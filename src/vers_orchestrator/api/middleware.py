@@ -27,6 +27,10 @@ from vers_orchestrator.services import idempotency
 PUBLIC = "public"  # handler opt: no authentication
 # Handler opt: the response is a stream, sent as it is made; it is never stored for replay.
 STREAMING = "streaming"
+# Handler opt: an ASGI app with `wants(headers)`, taking the requests it wants itself, body
+# unread (raw file transfers). No JSON content type, no idempotency replay: such a request
+# streams, and a PUT of the same bytes again is its own replay.
+RAW = "raw"
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 _MAX_REQUEST_ID = 256
 
@@ -110,6 +114,10 @@ class ApiMiddleware:
             )
             scope["auth"] = principal
             context.api_key_id = principal.api_key_id
+        raw = handler.opt.get(RAW)
+        if raw is not None and raw.wants(headers):
+            await raw(scope, receive, send)
+            return
         body_parameter = handler.parsed_fn_signature.parameters.get("data")
         if body_parameter is not None:
             _require_json(headers, body_parameter.has_default)
@@ -155,7 +163,9 @@ async def _run_idempotently(
     next_app: RawApp,
 ) -> None:
     settings = runtime.settings
-    body = await read_body(receive, settings.max_body_bytes)
+    body = await read_body(
+        receive, scope["route_handler"].resolve_request_max_body_size() or settings.max_body_bytes
+    )
     request_hash = idempotency.fingerprint(
         scope["method"], scope["path"], scope.get("query_string", b""), body
     )

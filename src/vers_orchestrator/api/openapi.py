@@ -9,7 +9,15 @@ from typing import Any
 
 from litestar import get
 from litestar.openapi.datastructures import ResponseSpec
-from litestar.openapi.spec import OpenAPIResponse, Operation
+from litestar.openapi.spec import (
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    Operation,
+    Parameter,
+    RequestBody,
+    Schema,
+)
+from litestar.openapi.spec.enums import OpenAPIType
 
 from vers_orchestrator.api.middleware import PUBLIC
 from vers_orchestrator.api.runtime import AnyRequest
@@ -55,3 +63,74 @@ class ContractOperation(Operation):
         generated = (self.responses or {}).get("400")
         if isinstance(generated, OpenAPIResponse) and generated.description == _GENERATED_400:
             del self.responses["400"]  # type: ignore[union-attr]
+
+
+_BINARY = OpenAPIMediaType(schema=Schema(type=OpenAPIType.STRING, format="binary"))  # type: ignore[arg-type]
+
+
+@dataclass
+class NdjsonOperation(ContractOperation):
+    """exec/stream and its attach: the 200 is `application/x-ndjson`, a JSON object a line
+    (`{"type": "chunk", …}` as chunks come, then `{"type": "exit", …}`)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse):
+            ok.content = {
+                "application/x-ndjson": OpenAPIMediaType(
+                    schema=Schema(
+                        type=OpenAPIType.STRING,
+                        description="One JSON object per line: chunks, then the exit",
+                    )
+                )
+            }
+
+
+@dataclass
+class FilesReadOperation(ContractOperation):
+    """GET …/files: JSON by the contract, or the raw bytes with
+    `Accept: application/octet-stream` (any size, streamed)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        ok = (self.responses or {}).get("200")
+        if isinstance(ok, OpenAPIResponse) and ok.content is not None:
+            ok.content["application/octet-stream"] = _BINARY
+
+
+@dataclass
+class FilesWriteOperation(ContractOperation):
+    """PUT …/files: JSON by the contract, or the raw bytes as
+    `Content-Type: application/octet-stream`, with `path`, `mode` (octal) and `create_dirs`
+    in the query (any size, streamed)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.request_body, RequestBody):
+            self.request_body.content["application/octet-stream"] = _BINARY
+        raw_only = "with Content-Type: application/octet-stream only"
+        self.parameters = [
+            *(self.parameters or []),
+            Parameter(
+                name="path",
+                param_in="query",
+                required=False,
+                schema=Schema(type=OpenAPIType.STRING),
+                description=f"Destination path on the VM, {raw_only}",
+            ),
+            Parameter(
+                name="mode",
+                param_in="query",
+                required=False,
+                schema=Schema(type=OpenAPIType.STRING, pattern="^[0-7]{1,4}$"),
+                description=f"File mode in octal (e.g. 0755), {raw_only}",
+            ),
+            Parameter(
+                name="create_dirs",
+                param_in="query",
+                required=False,
+                schema=Schema(type=OpenAPIType.BOOLEAN),
+                description=f"Create missing parent directories, {raw_only}",
+            ),
+        ]

@@ -8,10 +8,15 @@ a restart: `inventory` is what the services reconcile against.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
+
+MIB = 1024 * 1024
+# What a command's output keeps of each stream when nobody streams it; the rest is counted.
+DEFAULT_OUTPUT_LIMIT = 16 * MIB
 
 
 class VmState(StrEnum):
@@ -57,21 +62,45 @@ class ExecRequest:
     argv: tuple[str, ...]
     # Added to a default environment (PATH, HOME, LANG); a key given here wins.
     env: Mapping[str, str] = field(default_factory=dict)
+    # None: root's home. A directory that does not exist is InvalidRequest.
     working_dir: str | None = None
     stdin: bytes = b""
-    # None waits for as long as the command runs.
+    # None waits for as long as the command runs; after it the command and every process it
+    # started are killed.
     timeout_seconds: float | None = None
+    # Bytes kept of each of stdout and stderr when the output is not streamed to a sink.
+    output_limit: int = DEFAULT_OUTPUT_LIMIT
+    # Shows up in the guest (the command's cgroup name); an exec id, say.
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class ExecResult:
-    # 128 + N when the command was killed by signal N, as a shell reports it.
+    # 128 + N when the command was killed by signal N, as a shell reports it; 127 when the
+    # program does not exist, 126 when it cannot be run (the reason is in stderr).
     exit_code: int
     stdout: bytes
     stderr: bytes
-    # The guest agent keeps at most a fixed amount of each stream (16 MiB for qemu-ga).
+    # More was written than `output_limit`; `*_bytes` says how much in all.
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    # The command outlived its timeout and was killed with everything it started.
+    timed_out: bool = False
+    stdout_bytes: int = 0
+    stderr_bytes: int = 0
+
+
+# Receives a command's output as it comes: ("stdout" | "stderr", bytes). Awaited: a slow
+# sink holds the command back, none of its output is dropped.
+OutputSink = Callable[[str, bytes], Awaitable[None]]
+
+
+class FileReader(Protocol):
+    """A guest file opened for reading: its size, then its bytes in order."""
+
+    size: int
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,16 +156,6 @@ class InvalidRequest(DriverError):
     """The arguments can never work (bad id, disk smaller than the image, shrinking a disk)."""
 
 
-class ExecTimeout(DriverError):
-    """The command outlived its timeout and was killed with its process group."""
-
-    def __init__(self, timeout_seconds: float, stdout: bytes, stderr: bytes) -> None:
-        super().__init__(f"command timed out after {timeout_seconds:g} s")
-        self.timeout_seconds = timeout_seconds
-        self.stdout = stdout
-        self.stderr = stderr
-
-
 class GuestAgentError(DriverError):
     """The agent inside the guest refused a request or stopped answering."""
 
@@ -145,6 +164,18 @@ class GuestFileNotFound(GuestAgentError):
     def __init__(self, path: str) -> None:
         super().__init__(f"no such file in the VM: {path}")
         self.path = path
+
+
+class NotRegularFile(GuestAgentError):
+    """The path is a directory, device, FIFO or socket; the file calls take regular files."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(f"not a regular file: {path}")
+        self.path = path
+
+
+class FileTooLarge(GuestAgentError):
+    """The file is larger than the caller said it can take."""
 
 
 class VmDriver(Protocol):
@@ -179,20 +210,32 @@ class VmDriver(Protocol):
         """Commit the VM under `commit_id`, then restore the new VMs from that commit."""
         ...
 
-    async def exec(self, vm_id: str, request: ExecRequest) -> ExecResult: ...
+    async def exec(
+        self, vm_id: str, request: ExecRequest, sink: OutputSink | None = None
+    ) -> ExecResult:
+        """Run a command; returns when the command itself exits (processes it left running
+        go on). With `sink`, output goes there as it comes and the result carries none."""
+        ...
 
-    async def read_file(self, vm_id: str, path: str) -> bytes: ...
+    async def read_file(self, vm_id: str, path: str, *, max_bytes: int | None = None) -> bytes:
+        """A regular file's bytes; FileTooLarge beyond `max_bytes`."""
+        ...
+
+    def open_file(self, vm_id: str, path: str) -> AbstractAsyncContextManager[FileReader]:
+        """A regular file to read as a stream; leaving the context early stops the read."""
+        ...
 
     async def write_file(
         self,
         vm_id: str,
         path: str,
-        data: bytes,
+        data: bytes | AsyncIterable[bytes],
         *,
         mode: int | None = None,
         create_dirs: bool = False,
-    ) -> None:
-        """Replace the file's content; `mode` None keeps an existing file's mode (new: 0644)."""
+    ) -> int:
+        """Replace a regular file's content, all at once (never half-written); returns the
+        bytes written. `mode` None keeps an existing file's mode (new: 0644)."""
         ...
 
     async def grow_disk(self, vm_id: str, disk_mib: int) -> VmInfo:

@@ -131,6 +131,24 @@ class VmExecResponse(msgspec.Struct, kw_only=True):
     exit_code: int
     stdout: Annotated[str, msgspec.Meta(description="UTF-8 decoded stdout (lossy).")]
     stderr: Annotated[str, msgspec.Meta(description="UTF-8 decoded stderr (lossy).")]
+    # Beyond the contract: what the reply does not carry, said outright.
+    stdout_truncated: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The command wrote more stdout than a plain exec keeps (16 MiB); the"
+            " rest was dropped. exec/stream has no limit."
+        ),
+    ] = False
+    stderr_truncated: Annotated[
+        bool, msgspec.Meta(description="As stdout_truncated, for stderr.")
+    ] = False
+    timed_out: Annotated[
+        bool,
+        msgspec.Meta(
+            description="The command outlived timeout_secs and was killed with every process"
+            " it started (exit_code is then 124)."
+        ),
+    ] = False
 
 
 class VmExecStreamAttachRequest(msgspec.Struct, kw_only=True):

@@ -7,12 +7,16 @@ An image is a directory that never changes once built::
       default-<UTC timestamp>/
         vmlinux        the kernel of linux-image-cloud-amd64, uncompressed ELF (PVH entry)
         initrd.cpio    busybox + the virtio modules; mounts /dev/vda and switches root
-        rootfs.ext4    sparse ext4: debootstrap minbase + qemu-guest-agent, sshd, iproute2
-        image.json     kernel version, root filesystem size, build time
+        rootfs.ext4    sparse ext4: debootstrap minbase + python3, sshd, iproute2 …
+        image.json     recipe, kernel version, root filesystem size, build time
       .default.lock    flock held while building, so two processes never build at once
 
 Disk layers of VMs point at `rootfs.ext4` by its resolved path, so a rebuild makes a new
-directory instead of replacing files that running VMs and commits still use.
+directory instead of replacing files that running VMs and commits still use. An image built
+by an older recipe (see RECIPE) is rebuilt the first time it is needed.
+
+vers-agent is not in the image: it comes with every boot, appended to the initramfs
+(`boot.py`), and the image's init starts it first thing.
 """
 
 from __future__ import annotations
@@ -35,7 +39,11 @@ DEFAULT_IMAGE_NAME = "default"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
 SUITE = "bookworm"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
-GUEST_PACKAGES = ("qemu-guest-agent", "openssh-server", "iproute2", "procps", "e2fsprogs")
+# Bumped whenever what an image holds changes in a way VMs rely on; 2: python3 and vers-agent
+# instead of qemu-guest-agent, cgroup2.
+RECIPE = 2
+# python3 runs vers-agent, and users have it too.
+GUEST_PACKAGES = ("python3", "openssh-server", "iproute2", "procps", "e2fsprogs")
 ROOTFS_MIB = 512
 BUSYBOX = Path("/bin/busybox")
 # The modules the guest needs before it can mount its root disk and talk to the host; their
@@ -74,12 +82,20 @@ until [ -b /dev/vda ]; do
     sleep 0.01
 done
 mount -t ext4 -o rw /dev/vda /newroot || { echo "initramfs: mount failed" >/dev/console; exec sh; }
+# vers-agent, appended to this initramfs by the host, replaces the copy an earlier boot left.
+if [ -d /vers-agent/vers_agent ]; then
+    mkdir -p /newroot/usr/lib/vers-agent
+    rm -rf /newroot/usr/lib/vers-agent/vers_agent
+    cp -a /vers-agent/vers_agent /newroot/usr/lib/vers-agent/
+fi
 mount --move /dev /newroot/dev
 exec switch_root /newroot /sbin/vminit
 """
 
 # PID 1 of the guest. A shell instead of systemd keeps a boot to about a second of guest
-# time; it brings up only what the driver relies on: the guest agent, sshd and the network.
+# time; it brings up only what the driver relies on: vers-agent, sshd and the network.
+# The agent starts as early as it can (it answers the host and runs users' commands), and
+# is started again if it ever exits.
 GUEST_INIT = """#!/bin/sh
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
@@ -89,15 +105,25 @@ mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
 mkdir -p /dev/pts /dev/shm
 mount -t devpts -o gid=5,mode=620 devpts /dev/pts
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
+mount -t cgroup2 -o nsdelegate cgroup2 /sys/fs/cgroup
 cat /etc/hostname >/proc/sys/kernel/hostname
-# The VM's disk may be larger than the image's file system; grow it to the whole disk.
-resize2fs /dev/vda >/dev/null 2>&1
-# There is no udev: name the virtio serial ports the way qemu-ga expects.
+# There is no udev: name the virtio serial ports by their names, as udev would.
 mkdir -p /dev/virtio-ports
 for name_file in /sys/class/virtio-ports/*/name; do
     port=${name_file%/name}
     ln -sf "/dev/${port##*/}" "/dev/virtio-ports/$(cat "$name_file")"
 done
+if [ -d /usr/lib/vers-agent/vers_agent ]; then
+    (
+        cd /usr/lib/vers-agent
+        while :; do
+            python3 -E -s -S -m vers_agent </dev/null >/dev/null 2>/dev/ttyS0
+            sleep 1
+        done
+    ) &
+fi
+# The VM's disk may be larger than the image's file system; grow it to the whole disk.
+resize2fs /dev/vda >/dev/null 2>&1
 ip link set lo up
 if ip link show eth0 >/dev/null 2>&1; then
     ip addr add 10.0.2.15/24 dev eth0
@@ -109,7 +135,6 @@ host_key=/etc/ssh/ssh_host_ed25519_key
 mkdir -p /run/sshd /root/.ssh
 chmod 700 /root/.ssh
 /usr/sbin/sshd
-qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 </dev/null >/dev/null 2>&1 &
 echo VM-READY >/dev/ttyS0
 # As PID 1 the shell must reap orphans; `wait` collects every child that exits.
 while :; do
@@ -127,12 +152,14 @@ UseDNS no
 
 
 def load_default_image(images_dir: Path) -> ImagePaths | None:
-    """The current default image, or None when it has not been built yet."""
+    """The current default image, or None when it has not been built (by this recipe) yet."""
     link = images_dir / DEFAULT_IMAGE_NAME
     if not link.exists():
         return None
     directory = link.resolve()
     manifest = json.loads((directory / "image.json").read_text())
+    if manifest.get("recipe", 1) != RECIPE:
+        return None
     return ImagePaths(
         directory=directory,
         kernel=directory / "vmlinux",
@@ -204,6 +231,7 @@ def _build(images_dir: Path, progress: Progress) -> ImagePaths:
         (output / "image.json").write_text(
             json.dumps(
                 {
+                    "recipe": RECIPE,
                     "kernel_version": kernel_version,
                     "rootfs_mib": ROOTFS_MIB,
                     "suite": SUITE,

@@ -21,8 +21,10 @@
                            commit is a chain of frozen layers ending in the image's
                            rootfs.ext4. A layer is deleted when no vm.json or commit.json
                            lists it any more.
+      boot/initrd-<image>-<agent>.cpio  the image's initramfs with vers-agent appended, one
+                           per image and agent version; removed when no record lists it
     <runtime_dir>/<vm_id>/                tmpfs (/dev/shm/vers-orchestrator by default)
-      qmp.sock, qga.sock  QEMU monitor and guest agent sockets (short paths: 108-byte limit)
+      qmp.sock, vers.sock  QEMU monitor and vers-agent sockets (short paths: 108-byte limit)
       ram                 guest RAM of a VM that booted here, mapped shared so that a
                           commit can copy it without streaming it through QEMU
     <runtime_dir>/.helper-<hex>/          a short-lived QEMU that turns a streamed commit
@@ -41,6 +43,9 @@ from typing import Any
 
 from vers_orchestrator.drivers.base import DriverError, VmSpec
 
+VERS_AGENT = "vers-agent"
+QEMU_GA = "qemu-ga"
+
 
 @dataclass(frozen=True, slots=True)
 class VmRecord:
@@ -58,6 +63,9 @@ class VmRecord:
     kernel: str
     initrd: str
     created_at: float
+    # What answers inside the guest: "vers-agent", or "qemu-ga" for VMs made before it
+    # (records without the field), whose guest operations are refused.
+    guest_agent: str = "vers-agent"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -66,6 +74,7 @@ class VmRecord:
     def from_json(cls, data: dict[str, Any]) -> VmRecord:
         return cls(
             **{
+                "guest_agent": QEMU_GA,
                 **data,
                 "spec": VmSpec(**data["spec"]),
                 "disk_chain": tuple(data["disk_chain"]),
@@ -88,6 +97,7 @@ class CommitRecord:
     # How long the source VM was stopped for this commit.
     pause_seconds: float
     created_at: float
+    guest_agent: str = "vers-agent"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,6 +106,7 @@ class CommitRecord:
     def from_json(cls, data: dict[str, Any]) -> CommitRecord:
         return cls(
             **{
+                "guest_agent": QEMU_GA,
                 **data,
                 "spec": VmSpec(**data["spec"]),
                 "disk_chain": tuple(data["disk_chain"]),
@@ -110,9 +121,10 @@ class Layout:
         self.vms = self.state_dir / "vms"
         self.commits = self.state_dir / "commits"
         self.layers = self.state_dir / "layers"
+        self.boot = self.state_dir / "boot"
 
     def create_directories(self) -> None:
-        for directory in (self.vms, self.commits, self.layers):
+        for directory in (self.vms, self.commits, self.layers, self.boot):
             directory.mkdir(parents=True, exist_ok=True)
         # The runtime directory usually sits in world-writable /dev/shm: it must be ours
         # and closed to others, or someone could plant sockets or RAM files there.
@@ -161,8 +173,8 @@ def qmp_socket(runtime: Path) -> Path:
     return runtime / "qmp.sock"
 
 
-def qga_socket(runtime: Path) -> Path:
-    return runtime / "qga.sock"
+def agent_socket(runtime: Path) -> Path:
+    return runtime / "vers.sock"
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -1,0 +1,220 @@
+"""`read_file` and `write_file`: regular files only, streamed, never half-written.
+
+read_file ``{"op": "read_file", "path", "max_bytes": int | null}`` answers
+``{"file": {"size", "mode"}}``, DATA on STDOUT as credit allows, END, ``{"done": {"bytes"}}``.
+
+write_file ``{"op": "write_file", "path", "mode": int | null, "create_dirs": bool}``
+answers ``{"ready": {}}``; the host sends DATA on INPUT and END; the agent answers
+``{"done": {"bytes"}}``. The bytes go to a temporary file beside the target, which
+replaces the target only once complete (owner kept, mode kept unless given, new files
+0644); a cancelled or failed write removes it. Symbolic links are followed.
+
+Relative paths are relative to root's home, like commands' working directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import stat
+from typing import Any
+
+from . import protocol
+from .connection import Connection, Stream
+from .execs import DEFAULT_CWD
+from .protocol import Channel
+
+NEW_FILE_MODE = 0o644
+
+
+def _path(request: dict[str, Any]) -> str:
+    path = request.get("path")
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise ValueError("path must be a non-empty string without NUL")
+    return os.path.join(DEFAULT_CWD, path)
+
+
+def _io_error(stream: Stream, path: str, exc: OSError) -> None:
+    stream.fail("io_error", f"{path}: {exc.strerror or exc}")
+
+
+class FileRead(Stream):
+    def __init__(self, connection: Connection, stream_id: int, request: dict[str, Any]) -> None:
+        super().__init__(connection, stream_id)
+        self._fd: int | None = None
+        self._sent = 0
+        try:
+            path = _path(request)
+            max_bytes = request.get("max_bytes")
+            if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
+                raise ValueError("max_bytes must be a non-negative integer")
+        except ValueError as exc:
+            self.fail("bad_request", str(exc))
+            return
+        try:
+            # Looked at before opening: opening a device or FIFO can block or have effects.
+            info = os.stat(path)
+            if not stat.S_ISREG(info.st_mode):
+                self.fail("not_regular", f"not a regular file: {path}")
+                return
+            fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self.fail("not_found", f"no such file: {path}")
+            return
+        except NotADirectoryError:
+            self.fail("not_found", f"no such file: {path}")
+            return
+        except OSError as exc:
+            _io_error(self, path, exc)
+            return
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
+            os.close(fd)
+            self.fail("not_regular", f"not a regular file: {path}")
+            return
+        if max_bytes is not None and info.st_size > max_bytes:
+            os.close(fd)
+            self.fail("too_large", f"{path} is {info.st_size} bytes, more than {max_bytes}")
+            return
+        self._fd = fd
+        self._path = path
+        self.send_message({"file": {"size": info.st_size, "mode": stat.S_IMODE(info.st_mode)}})
+        connection.loop.set_idle(self, self._produce)
+
+    def _produce(self) -> None:
+        """One chunk per loop turn, so other streams and the port get their turns too."""
+        if self._fd is None:
+            return
+        size = min(protocol.MAX_PAYLOAD, self.credit[Channel.STDOUT])
+        if size <= 0:
+            self.connection.loop.set_idle(self, None)  # on_credit resumes
+            return
+        try:
+            data = os.read(self._fd, size)
+        except OSError as exc:
+            self._stop()
+            _io_error(self, self._path, exc)
+            return
+        if data:
+            self._sent += len(data)
+            self.send_data(Channel.STDOUT, data)
+            return
+        self._stop()
+        self.send_end(Channel.STDOUT)
+        self.send_message({"done": {"bytes": self._sent}})
+        self.finish()
+
+    def on_credit(self, channel: Channel, amount: int) -> None:
+        super().on_credit(channel, amount)
+        if self._fd is not None:
+            self.connection.loop.set_idle(self, self._produce)
+
+    def _stop(self) -> None:
+        self.connection.loop.set_idle(self, None)
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def on_close(self) -> None:
+        super().on_close()
+        self._stop()
+
+
+class FileWrite(Stream):
+    def __init__(self, connection: Connection, stream_id: int, request: dict[str, Any]) -> None:
+        super().__init__(connection, stream_id)
+        self._fd: int | None = None
+        self._staged: str | None = None
+        self._written = 0
+        try:
+            path = _path(request)
+            mode = request.get("mode")
+            if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
+                raise ValueError("mode must be between 0 and 0o7777")
+        except ValueError as exc:
+            self.fail("bad_request", str(exc))
+            return
+        try:
+            if request.get("create_dirs"):
+                os.makedirs(os.path.dirname(path) or "/", exist_ok=True)
+            target = os.path.realpath(path)
+            directory = os.path.dirname(target)
+            if not os.path.isdir(directory):
+                self.fail("not_found", f"no such directory: {os.path.dirname(path)}")
+                return
+            try:
+                existing: os.stat_result | None = os.stat(target)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and not stat.S_ISREG(existing.st_mode):
+                self.fail("not_regular", f"not a regular file: {path}")
+                return
+            staged = os.path.join(
+                directory, f".{os.path.basename(target)}.vers-{secrets.token_hex(4)}"
+            )
+            fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            _io_error(self, path, exc)
+            return
+        self._fd = fd
+        self._path = path
+        self._target = target
+        self._staged = staged
+        self._mode = mode
+        self._existing = existing
+        self.send_message({"ready": {}})
+
+    def on_data(self, channel: Channel, data: bytes) -> None:
+        if channel != Channel.INPUT or self._fd is None:
+            self.fail("bad_request", "file data after the end")
+            return
+        view = memoryview(data)
+        try:
+            while view:
+                view = view[os.write(self._fd, view) :]
+        except OSError as exc:
+            self._discard()
+            _io_error(self, self._path, exc)
+            return
+        self._written += len(data)
+        self.consumed(Channel.INPUT, len(data))
+
+    def on_end(self, channel: Channel) -> None:
+        if channel != Channel.INPUT or self._fd is None:
+            self.fail("bad_request", "END of a channel the host does not send")
+            return
+        fd = self._fd
+        staged = self._staged
+        assert staged is not None
+        try:
+            existing = self._existing
+            mode = self._mode
+            if mode is None:
+                mode = stat.S_IMODE(existing.st_mode) if existing is not None else NEW_FILE_MODE
+            if existing is not None:
+                os.fchown(fd, existing.st_uid, existing.st_gid)
+            os.fchmod(fd, mode)
+            os.close(fd)
+            self._fd = None
+            os.replace(staged, self._target)
+            self._staged = None
+        except OSError as exc:
+            self._discard()
+            _io_error(self, self._path, exc)
+            return
+        self.send_message({"done": {"bytes": self._written}})
+        self.finish()
+
+    def _discard(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._staged is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._staged)
+            self._staged = None
+
+    def on_close(self) -> None:
+        super().on_close()
+        self._discard()

@@ -1,0 +1,294 @@
+"""The guest as a whole: cgroups for commands, and what changes when a VM becomes a new one.
+
+`refresh` is what a restored VM needs before anyone uses it: it continues a commit whose
+wall clock stopped when the commit was taken, whose kernel RNG is in the same state in every
+branch, and whose hostname and SSH host keys are its parent's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import itertools
+import os
+import re
+import secrets
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .connection import Connection, Stream, log
+from .loop import READ, Loop
+
+CGROUP_ROOT = "/sys/fs/cgroup"
+EXEC_CGROUPS = "vers-exec"
+# Cgroups of commands whose processes outlived them are removed once empty; checked this often.
+SWEEP_SECONDS = 30.0
+RNDRESEEDCRNG = 0x5207
+HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
+SSHD_PID = "/run/sshd.pid"
+HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# A clock off by less than this is slewed (adjtime), not stepped: programs never see time
+# jump, backwards least of all. Beyond it the clock is stepped at once.
+MAX_SLEW_NS = 500_000_000
+
+
+class Cgroup:
+    """A command's cgroup (v2), or its session where the guest has no cgroup2 mounted."""
+
+    def __init__(self, path: str | None = None, owner: Cgroups | None = None) -> None:
+        self.path = path
+        self._owner = owner
+
+    @contextlib.contextmanager
+    def entered(self) -> Iterator[None]:
+        """While inside, the agent itself is in the cgroup, so a child it forks starts there:
+        no process of the command ever runs outside it."""
+        if self.path is None or self._owner is None:
+            yield
+            return
+        _write(os.path.join(self.path, "cgroup.procs"), "0")
+        try:
+            yield
+        finally:
+            _write(os.path.join(self._owner.root, "cgroup.procs"), "0")
+
+    def kill(self, leader: int) -> None:
+        """SIGKILL every process of the command: its cgroup, and its session in any case."""
+        if self.path is not None:
+            with contextlib.suppress(OSError):
+                _write(os.path.join(self.path, "cgroup.kill"), "1")
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(leader, signal.SIGKILL)
+        if self.path is None:
+            for pid in _session_members(leader):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def remove(self) -> None:
+        if self.path is not None and self._owner is not None:
+            self._owner.remove(self.path)
+
+
+class Cgroups:
+    def __init__(self, loop: Loop, root: str) -> None:
+        """Commands' cgroups go under `root`/vers-exec; an empty `root` means none."""
+        self.root = root
+        self._base = os.path.join(root, EXEC_CGROUPS)
+        self._numbers = itertools.count(1)
+        # Cgroups whose commands ended while processes of theirs still ran.
+        self._lingering: set[str] = set()
+        self.available = False
+        try:
+            if not root or not os.path.exists(os.path.join(root, "cgroup.procs")):
+                raise OSError("cgroup2 is not mounted")
+            os.makedirs(self._base, exist_ok=True)
+            self.available = os.path.exists(os.path.join(self._base, "cgroup.kill"))
+        except OSError as exc:
+            log(f"no cgroups for commands ({exc}); timeouts kill their sessions only")
+        if self.available:
+            # Left by an agent that ran before this one.
+            self._lingering.update(
+                entry.path
+                for entry in os.scandir(self._base)
+                if entry.is_dir(follow_symlinks=False)
+            )
+        self._loop = loop
+        loop.call_later(SWEEP_SECONDS, self._sweep)
+
+    def create(self, name: str) -> Cgroup:
+        if not self.available:
+            return Cgroup()
+        safe = re.sub(r"[^A-Za-z0-9-]", "", name)[:40]
+        path = os.path.join(self._base, f"{next(self._numbers)}-{safe}")
+        try:
+            os.mkdir(path)
+        except OSError as exc:
+            log(f"cannot make cgroup {path}: {exc}")
+            return Cgroup()
+        return Cgroup(path, self)
+
+    def remove(self, path: str) -> None:
+        try:
+            os.rmdir(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            if exc.errno == errno.EBUSY:
+                self._lingering.add(path)  # processes of it still run
+
+    def _sweep(self) -> None:
+        for path in list(self._lingering):
+            self._lingering.discard(path)
+            self.remove(path)
+        self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+
+def _session_members(session: int) -> list[int]:
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                fields = stat.read().rpartition(")")[2].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, session.
+        if len(fields) > 3 and fields[3] == str(session):
+            members.append(int(entry))
+    return members
+
+
+def _write(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+class Refresh(Stream):
+    """``{"op": "refresh", "time_ns"?, "sync_ns"?, "seed"?, "hostname"?, "host_keys"?: bool}``.
+
+    Sets the wall clock to the host's (``time_ns``, nanoseconds since the epoch), or brings
+    it there gently (``sync_ns``: slewed when less than half a second off), feeds the
+    kernel RNG 64 fresh bytes and reseeds its CRNG at once (writing /dev/urandom alone only
+    feeds the input pool, so branches would go on producing the same numbers for up to a
+    minute), sets the hostname, and makes new SSH host keys in the background (sshd
+    reloads them within about 0.1 s; until then it shows the parent's). Answers
+    ``{"done": {"clock_offset_ns": guest minus host before the change}}``.
+    """
+
+    def __init__(self, connection: Connection, stream_id: int, request: dict[str, Any]) -> None:
+        super().__init__(connection, stream_id)
+        done: dict[str, Any] = {}
+        try:
+            if request.get("time_ns") is not None:
+                host_now = int(request["time_ns"])
+                done["clock_offset_ns"] = time.time_ns() - host_now
+                time.clock_settime_ns(time.CLOCK_REALTIME, host_now)
+            if request.get("sync_ns") is not None:
+                offset = time.time_ns() - int(request["sync_ns"])
+                done["clock_offset_ns"] = offset
+                _correct_clock(offset)
+            if request.get("seed"):
+                _reseed(bytes.fromhex(str(request["seed"])))
+            if request.get("hostname"):
+                _set_hostname(str(request["hostname"]))
+            if request.get("host_keys"):
+                _regenerate_host_keys(connection.loop)
+        except (OSError, ValueError) as exc:
+            self.fail("internal", f"refresh failed: {exc}")
+            return
+        self.send_message({"done": done})
+        self.finish()
+
+
+class Ping(Stream):
+    """``{"op": "ping"}``: answers ``{"pong": {...}}`` with the agent's view of the guest."""
+
+    def __init__(self, connection: Connection, stream_id: int, request: dict[str, Any]) -> None:
+        super().__init__(connection, stream_id)
+        self.send_message(
+            {
+                "pong": {
+                    "time_ns": time.time_ns(),
+                    "hostname": socket.gethostname(),
+                    "streams": len(connection.streams),
+                }
+            }
+        )
+        self.finish()
+
+
+def _correct_clock(offset_ns: int) -> None:
+    if abs(offset_ns) <= MAX_SLEW_NS:
+        try:
+            _adjtime(-offset_ns)
+            return
+        except OSError as exc:
+            log(f"adjtime failed ({exc}); stepping the clock")
+    time.clock_settime_ns(time.CLOCK_REALTIME, time.time_ns() - offset_ns)
+
+
+def _adjtime(delta_ns: int) -> None:
+    import ctypes  # only here: the agent starts faster without it
+
+    class Timeval(ctypes.Structure):
+        _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+    seconds, nanoseconds = divmod(delta_ns, 1_000_000_000)
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.adjtime(ctypes.byref(Timeval(seconds, nanoseconds // 1000)), None) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, os.strerror(error))
+
+
+def _reseed(seed: bytes) -> None:
+    with open("/dev/urandom", "wb", buffering=0) as rng:
+        rng.write(seed)
+        fcntl.ioctl(rng.fileno(), RNDRESEEDCRNG)
+
+
+def _set_hostname(name: str) -> None:
+    if not HOSTNAME_PATTERN.match(name):
+        raise ValueError(f"not a hostname: {name!r}")
+    socket.sethostname(name)
+    _replace_file("/etc/hostname", f"{name}\n")
+    try:
+        with open("/etc/hosts") as hosts:
+            lines = hosts.read().splitlines()
+    except FileNotFoundError:
+        lines = ["127.0.0.1 localhost"]
+    lines = [line for line in lines if not line.startswith("127.0.1.1")]
+    lines.append(f"127.0.1.1 {name}")
+    _replace_file("/etc/hosts", "\n".join(lines) + "\n")
+    if os.path.exists("/etc/machine-id"):
+        _replace_file("/etc/machine-id", secrets.token_hex(16) + "\n")
+
+
+def _replace_file(path: str, text: str) -> None:
+    staged = f"{path}.vers-agent"
+    with open(staged, "w") as out:
+        out.write(text)
+    with contextlib.suppress(OSError):
+        os.chmod(staged, os.stat(path).st_mode & 0o7777)
+    os.replace(staged, path)
+
+
+def _regenerate_host_keys(loop: Loop) -> None:
+    if not os.path.exists("/usr/bin/ssh-keygen"):
+        return
+    staged = f"{HOST_KEY}.new"
+    for path in (staged, f"{staged}.pub"):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+    keygen = subprocess.Popen(
+        ["/usr/bin/ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", staged],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    pidfd = os.pidfd_open(keygen.pid)
+
+    def finished(_: int) -> None:
+        loop.unwatch(pidfd)
+        os.close(pidfd)
+        if keygen.wait() != 0:
+            log("ssh-keygen failed; the SSH host key stays the parent's")
+            return
+        os.replace(f"{staged}.pub", f"{HOST_KEY}.pub")
+        os.replace(staged, HOST_KEY)
+        try:
+            with open(SSHD_PID) as pid_file:
+                os.kill(int(pid_file.read().strip()), signal.SIGHUP)
+        except (OSError, ValueError):
+            pass  # no sshd: it reads the new key when it starts
+
+    loop.watch(pidfd, READ, finished)

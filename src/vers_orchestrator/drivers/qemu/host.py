@@ -1,0 +1,224 @@
+"""What the QEMU driver's parts share: where things are, one lock per VM, what runs.
+
+`VmHost` is the one small state object behind `QemuDriver`, `Snapshots` and `Guests`:
+configuration, the on-disk layout, the accelerator, per-VM locks, and whether each VM's
+vCPUs run. Whether they run is remembered from the driver's own pause and continue, so
+guest operations do not ask QEMU first; a new driver object asks QEMU once per VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from vers_orchestrator.drivers.base import (
+    CommitNotFound,
+    DriverError,
+    InvalidRequest,
+    VmInfo,
+    VmNotFound,
+    VmNotRunning,
+    VmSpec,
+    VmState,
+)
+from vers_orchestrator.drivers.qemu.accelerator import Accelerator, choose_accelerator
+from vers_orchestrator.drivers.qemu.layout import (
+    CommitRecord,
+    Layout,
+    VmRecord,
+    qmp_socket,
+    read_json,
+    write_json,
+)
+from vers_orchestrator.drivers.qemu.machine import launch, qemu_argv, read_pid, run, stop_process
+from vers_orchestrator.drivers.qemu.qmp import QmpClient, QmpError
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+MIN_MEM_MIB = 128
+MAX_VCPUS = 64
+# A unix socket path must fit in sun_path (108 bytes with its NUL).
+MAX_SOCKET_PATH = 107
+
+
+@dataclass(frozen=True, slots=True)
+class QemuDriverConfig:
+    state_dir: Path
+    runtime_dir: Path
+    images_dir: Path
+    # "auto" probes KVM and falls back to TCG; "kvm" or "tcg" forces one.
+    accelerator: str = "auto"
+    qemu_binary: str = "qemu-system-x86_64"
+    # Under TCG on two busy cores a boot took 3-8 s; leave room for a loaded CI machine.
+    boot_timeout_seconds: float = 180.0
+
+
+class VmHost:
+    def __init__(self, config: QemuDriverConfig) -> None:
+        self.config = config
+        self.layout = Layout(config.state_dir, config.runtime_dir)
+        longest = self.layout.runtime_dir / ("x" * 64) / "vers.sock"
+        if len(str(longest)) > MAX_SOCKET_PATH:
+            raise DriverError(
+                f"runtime directory {self.layout.runtime_dir} is too long for unix sockets"
+            )
+        self.layout.create_directories()
+        self.accelerator: Accelerator = choose_accelerator(config.accelerator)
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._states: dict[str, VmState] = {}
+        self.files_lock = asyncio.Lock()
+        self._qemu_version: str | None = None
+
+    # -- records ----------------------------------------------------------------------
+
+    def lock(self, vm_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(vm_id, asyncio.Lock())
+
+    def forget(self, vm_id: str) -> None:
+        self._locks.pop(vm_id, None)
+        self._states.pop(vm_id, None)
+
+    def load_vm(self, vm_id: str) -> VmRecord:
+        try:
+            return VmRecord.from_json(read_json(self.layout.vm_record(vm_id)))
+        except FileNotFoundError:
+            raise VmNotFound(vm_id) from None
+
+    def save_vm(self, record: VmRecord) -> None:
+        write_json(self.layout.vm_record(record.vm_id), record.to_json())
+
+    def load_commit(self, commit_id: str) -> CommitRecord:
+        try:
+            return CommitRecord.from_json(read_json(self.layout.commit_record(commit_id)))
+        except FileNotFoundError:
+            raise CommitNotFound(commit_id) from None
+
+    @staticmethod
+    def info(record: VmRecord, state: VmState) -> VmInfo:
+        return VmInfo(
+            vm_id=record.vm_id,
+            state=state,
+            spec=record.spec,
+            parent_commit_id=record.parent_commit_id,
+        )
+
+    # -- processes ----------------------------------------------------------------------
+
+    def pid(self, vm_id: str) -> int | None:
+        return read_pid(self.layout.pidfile(vm_id), qmp_socket(self.layout.runtime(vm_id)))
+
+    async def qmp(self, vm_id: str) -> QmpClient:
+        return await QmpClient.connect(qmp_socket(self.layout.runtime(vm_id)))
+
+    async def state(self, vm_id: str) -> VmState:
+        """What QEMU says now (and remember it)."""
+        if self.pid(vm_id) is None:
+            self._states.pop(vm_id, None)
+            return VmState.DEAD
+        try:
+            async with await self.qmp(vm_id) as qmp:
+                running = await is_running(qmp)
+        except QmpError:
+            if self.pid(vm_id) is None:
+                return VmState.DEAD
+            raise
+        state = VmState.RUNNING if running else VmState.PAUSED
+        self._states[vm_id] = state
+        return state
+
+    def remember(self, vm_id: str, state: VmState) -> None:
+        self._states[vm_id] = state
+
+    async def require_alive(self, vm_id: str) -> None:
+        if self.pid(vm_id) is None:
+            raise VmNotRunning(vm_id, VmState.DEAD)
+
+    async def require_running(self, vm_id: str) -> None:
+        """VmNotRunning unless the VM's process lives and its vCPUs run."""
+        if self.pid(vm_id) is None:
+            self._states.pop(vm_id, None)
+            raise VmNotRunning(vm_id, VmState.DEAD)
+        state = self._states.get(vm_id)
+        if state is None:
+            state = await self.state(vm_id)
+        if state is not VmState.RUNNING:
+            raise VmNotRunning(vm_id, state)
+
+    async def launch_vm(self, record: VmRecord, *, incoming: bool) -> None:
+        vm_id = record.vm_id
+        argv = qemu_argv(
+            record,
+            self.layout.runtime(vm_id),
+            qemu_binary=self.config.qemu_binary,
+            accelerator=self.accelerator,
+            pidfile=self.layout.pidfile(vm_id),
+            incoming=incoming,
+            serial_log=self.layout.serial_log(vm_id),
+            qemu_log=self.layout.qemu_log(vm_id),
+            ssh_port=record.ssh_port,
+        )
+        await launch(argv, self.layout.vm_dir(vm_id) / "launch.err", vm_id)
+
+    async def destroy(self, vm_id: str) -> None:
+        """Stop the VM's QEMU and remove its files; the caller drops its guest connection."""
+        runtime = self.layout.runtime(vm_id)
+        await stop_process(read_pid(self.layout.pidfile(vm_id), qmp_socket(runtime)))
+        await asyncio.to_thread(shutil.rmtree, runtime, True)
+        await asyncio.to_thread(shutil.rmtree, self.layout.vm_dir(vm_id), True)
+        self._states.pop(vm_id, None)
+
+    async def collect_files(self) -> None:
+        """Remove disk layers and boot initramfs files that no record lists any more."""
+        async with self.files_lock:
+            records = [
+                *self.layout.vms.glob("*/vm.json"),
+                *self.layout.commits.glob("*/commit.json"),
+                *self.layout.commits.glob(".*.partial/commit.json"),
+            ]
+            referenced: set[str] = set()
+            for path in records:
+                with contextlib.suppress(FileNotFoundError):
+                    record = read_json(path)
+                    referenced.update(record["disk_chain"])
+                    referenced.add(record["initrd"])
+            for layer in self.layout.layers.glob("*.qcow2"):
+                if str(layer) not in referenced:
+                    layer.unlink(missing_ok=True)
+            for initrd in self.layout.boot.glob("initrd-*.cpio"):
+                if str(initrd) not in referenced:
+                    initrd.unlink(missing_ok=True)
+
+    def console_tail(self, vm_id: str) -> str:
+        try:
+            return self.layout.serial_log(vm_id).read_text(errors="replace")[-3000:]
+        except FileNotFoundError:
+            return "(no console output)"
+
+    async def qemu_version(self) -> str:
+        if self._qemu_version is None:
+            output = await run(self.config.qemu_binary, "--version")
+            self._qemu_version = output.splitlines()[0].strip()
+        return self._qemu_version
+
+
+async def is_running(qmp: QmpClient) -> bool:
+    status = await qmp.execute("query-status")
+    return bool(status["running"])
+
+
+def check_id(value: str, kind: str) -> None:
+    if not ID_PATTERN.match(value):
+        raise InvalidRequest(
+            f"{kind} id must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or "
+            f"digit: {value!r}"
+        )
+
+
+def check_spec(spec: VmSpec) -> None:
+    if spec.mem_mib < MIN_MEM_MIB:
+        raise InvalidRequest(f"mem_mib must be at least {MIN_MEM_MIB}")
+    if not 1 <= spec.vcpus <= MAX_VCPUS:
+        raise InvalidRequest(f"vcpus must be between 1 and {MAX_VCPUS}")

@@ -1,0 +1,366 @@
+"""Commits (frozen disk layers plus memory) and VMs restored from them.
+
+How a commit works (QEMU 7.2 has neither mapped-ram nor file: migration):
+
+* A VM booted here keeps its RAM in a tmpfs file mapped shared. A commit stops the VM,
+  freezes its disk layer (blockdev-snapshot-sync), saves CPU and device state without RAM
+  (x-ignore-shared), copies the RAM file sparsely, and continues: about 0.1-0.3 s stopped.
+* A VM restored from a commit maps the commit's RAM file privately (copy-on-write), so idle
+  branches share their clean pages through the page cache. Its memory is not in a file, so
+  its commit streams the RAM over a unix socket into a helper QEMU whose RAM is a shared
+  file in the new commit, and the helper then saves device state the same way as above.
+  Every commit therefore has the same form, and every restore is the same.
+
+While a VM is stopped for a commit, no request of ours is half-way into its guest agent
+(`Guests.quiesced`); afterwards its clock is set again. A restored VM gets the host's
+clock, fresh RNG state, its own hostname and SSH host keys, and its own SSH port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shlex
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+from vers_orchestrator.drivers.base import (
+    BranchResult,
+    CommitAlreadyExists,
+    CommitInfo,
+    CommitNotFound,
+    DriverError,
+    InvalidRequest,
+    VmAlreadyExists,
+    VmInfo,
+    VmState,
+)
+from vers_orchestrator.drivers.qemu.guest import AGENT_TIMEOUT_SECONDS, Guests
+from vers_orchestrator.drivers.qemu.host import VmHost, check_id, is_running
+from vers_orchestrator.drivers.qemu.layout import (
+    QEMU_GA,
+    CommitRecord,
+    VmRecord,
+    qmp_socket,
+    read_json,
+    write_json,
+)
+from vers_orchestrator.drivers.qemu.machine import (
+    free_port,
+    launch,
+    qemu_argv,
+    read_pid,
+    run,
+    stop_process,
+)
+from vers_orchestrator.drivers.qemu.qmp import QmpClient
+
+log = logging.getLogger(__name__)
+
+MIB = 1024 * 1024
+# 7.2 throttles migration to 128 MiB/s by default, which would stretch every commit's pause.
+MIGRATION_BANDWIDTH = 100 * 1024 * MIB
+MIGRATION_TIMEOUT_SECONDS = 300.0
+
+
+def commit_info(record: CommitRecord) -> CommitInfo:
+    return CommitInfo(
+        commit_id=record.commit_id,
+        spec=record.spec,
+        source_vm_id=record.source_vm_id,
+        parent_commit_id=record.parent_commit_id,
+    )
+
+
+class Snapshots:
+    def __init__(self, host: VmHost, guests: Guests) -> None:
+        self._host = host
+        self._guests = guests
+
+    async def commit(self, vm_id: str, commit_id: str, *, keep_paused: bool) -> CommitInfo:
+        host = self._host
+        check_id(commit_id, "commit")
+        async with host.lock(vm_id):
+            record = host.load_vm(vm_id)
+            final = host.layout.commit_dir(commit_id)
+            partial = host.layout.partial_commit_dir(commit_id)
+            if final.exists() or partial.exists():
+                raise CommitAlreadyExists(commit_id)
+            await host.require_alive(vm_id)
+            partial.mkdir(parents=True)
+            try:
+                if record.ram_shared:
+                    frozen, pause, running = await self._commit_shared_ram(
+                        record, partial, keep_paused
+                    )
+                else:
+                    frozen, pause, running = await self._commit_through_helper(
+                        record, partial, keep_paused
+                    )
+                commit = CommitRecord(
+                    commit_id=commit_id,
+                    spec=record.spec,
+                    disk_chain=frozen,
+                    source_vm_id=vm_id,
+                    parent_commit_id=record.parent_commit_id,
+                    accelerator=record.accelerator,
+                    qemu_version=await host.qemu_version(),
+                    kernel=record.kernel,
+                    initrd=record.initrd,
+                    pause_seconds=pause,
+                    created_at=time.time(),
+                    guest_agent=record.guest_agent,
+                )
+                key = host.layout.ssh_key(vm_id)
+                if key.exists():
+                    shutil.copy2(key, partial / "ssh_key")
+                write_json(partial / "commit.json", commit.to_json())
+                partial.rename(final)
+            except BaseException:
+                await asyncio.to_thread(shutil.rmtree, partial, True)
+                raise
+        if running:
+            await self._guests.set_clock(vm_id)
+        log.info("committed VM %s as %s (paused %.3f s)", vm_id, commit_id, pause)
+        return commit_info(commit)
+
+    @staticmethod
+    async def _stop(qmp: QmpClient) -> tuple[bool, float]:
+        """Stop the VM; returns whether it ran before, and when it stopped."""
+        was_running = await is_running(qmp)
+        stopped_at = time.monotonic()
+        await qmp.execute("stop")
+        return was_running, stopped_at
+
+    async def _commit_shared_ram(
+        self, record: VmRecord, partial: Path, keep_paused: bool
+    ) -> tuple[tuple[str, ...], float, bool]:
+        host = self._host
+        async with self._guests.quiesced(record.vm_id), await host.qmp(record.vm_id) as qmp:
+            was_running, stopped_at = await self._stop(qmp)
+            run_after = was_running and not keep_paused
+            try:
+                frozen = await self._freeze_disk(qmp, record)
+                await _migrate(
+                    qmp, f"exec:cat > {shlex.quote(str(partial / 'device.state'))}", True
+                )
+                await run("cp", "--sparse=always", record.ram_path, str(partial / "ram"))
+            finally:
+                await _settle(qmp, run=run_after)
+                host.remember(record.vm_id, VmState.RUNNING if run_after else VmState.PAUSED)
+            return frozen, time.monotonic() - stopped_at, run_after
+
+    async def _commit_through_helper(
+        self, record: VmRecord, partial: Path, keep_paused: bool
+    ) -> tuple[tuple[str, ...], float, bool]:
+        host = self._host
+        helper = host.layout.runtime_dir / f".helper-{record.vm_id[:8]}-{time.monotonic_ns()}"
+        helper.mkdir()
+        stream = shlex.quote(str(helper / "stream"))
+        try:
+            # The VM waits only for its RAM to reach tmpfs; the conversion comes afterwards.
+            async with self._guests.quiesced(record.vm_id), await host.qmp(record.vm_id) as qmp:
+                was_running, stopped_at = await self._stop(qmp)
+                run_after = was_running and not keep_paused
+                try:
+                    frozen = await self._freeze_disk(qmp, record)
+                    await _migrate(qmp, f"exec:cat > {stream}", False)
+                finally:
+                    await _settle(qmp, run=run_after)
+                    host.remember(record.vm_id, VmState.RUNNING if run_after else VmState.PAUSED)
+                pause = time.monotonic() - stopped_at
+            # The helper has the same machine and devices with RAM in a shared tmpfs file,
+            # and a blank disk of the same size: it loads the stream but never runs.
+            await run(
+                "qemu-img", "create", "-q", "-f", "qcow2",
+                str(helper / "disk.qcow2"), f"{record.spec.disk_mib}M",
+            )  # fmt: skip
+            stand_in = replace(
+                record,
+                disk_chain=(str(helper / "disk.qcow2"),),
+                ram_path=str(helper / "ram"),
+                ram_shared=True,
+            )
+            argv = qemu_argv(
+                stand_in,
+                helper,
+                qemu_binary=host.config.qemu_binary,
+                accelerator=host.accelerator,
+                pidfile=helper / "qemu.pid",
+                incoming=True,
+            )
+            await launch(argv, helper / "launch.err", f"the commit of {record.vm_id}")
+            async with await QmpClient.connect(qmp_socket(helper)) as helper_qmp:
+                await _set_ignore_shared(helper_qmp, False)
+                await helper_qmp.execute("migrate-incoming", {"uri": f"exec:cat {stream}"})
+                await _wait_for_migration(helper_qmp)
+                await _migrate(
+                    helper_qmp, f"exec:cat > {shlex.quote(str(partial / 'device.state'))}", True
+                )
+            await run("cp", "--sparse=always", str(helper / "ram"), str(partial / "ram"))
+        finally:
+            await stop_process(read_pid(helper / "qemu.pid", qmp_socket(helper)))
+            await asyncio.to_thread(shutil.rmtree, helper, True)
+        return frozen, pause, run_after
+
+    async def _freeze_disk(self, qmp: QmpClient, record: VmRecord) -> tuple[str, ...]:
+        """Put a new layer on top of the VM's disk; returns the chain that is now frozen."""
+        layer = self._host.layout.new_layer()
+        updated = replace(record, disk_chain=(*record.disk_chain, str(layer)))
+        # Recorded before QEMU creates the file, so layer collection never sees it orphaned.
+        self._host.save_vm(updated)
+        try:
+            await qmp.execute(
+                "blockdev-snapshot-sync",
+                {"device": "root", "snapshot-file": str(layer), "format": "qcow2"},
+            )
+        except BaseException:
+            self._host.save_vm(record)
+            raise
+        return record.disk_chain
+
+    async def restore(self, commit_id: str, new_vm_ids: Sequence[str]) -> tuple[VmInfo, ...]:
+        host = self._host
+        commit = host.load_commit(commit_id)
+        if commit.accelerator != host.accelerator.name:
+            raise InvalidRequest(
+                f"commit {commit_id} was made under {commit.accelerator}, "
+                f"this host runs {host.accelerator.name}; snapshots do not move between them"
+            )
+        if commit.guest_agent == QEMU_GA:
+            raise InvalidRequest(
+                f"commit {commit_id} was made by an older version with qemu-guest-agent, "
+                "whose snapshots this version cannot restore"
+            )
+        if not new_vm_ids:
+            raise InvalidRequest("restore needs at least one new VM id")
+        if len(set(new_vm_ids)) != len(new_vm_ids):
+            raise InvalidRequest("new VM ids must be distinct")
+        for vm_id in new_vm_ids:
+            check_id(vm_id, "VM")
+            if host.layout.vm_dir(vm_id).exists():
+                raise VmAlreadyExists(vm_id)
+        outcomes = await asyncio.gather(
+            *(self._restore_one(commit, vm_id) for vm_id in new_vm_ids), return_exceptions=True
+        )
+        failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+        if failures:
+            # All or nothing: the caller recorded all ids and retries all of them.
+            for vm_id, outcome in zip(new_vm_ids, outcomes, strict=True):
+                if not isinstance(outcome, BaseException):
+                    await self._guests.disconnect(vm_id)
+                    await host.destroy(vm_id)
+                    host.forget(vm_id)
+            await host.collect_files()
+            raise failures[0]
+        return tuple(outcome for outcome in outcomes if isinstance(outcome, VmInfo))
+
+    async def _restore_one(self, commit: CommitRecord, vm_id: str) -> VmInfo:
+        host = self._host
+        async with host.lock(vm_id):
+            if host.layout.vm_dir(vm_id).exists():
+                raise VmAlreadyExists(vm_id)
+            commit_dir = host.layout.commit_dir(commit.commit_id)
+            record = VmRecord(
+                vm_id=vm_id,
+                spec=commit.spec,
+                disk_chain=(*commit.disk_chain, str(host.layout.new_layer())),
+                ram_path=str(commit_dir / "ram"),
+                ram_shared=False,
+                ssh_port=free_port(),
+                parent_commit_id=commit.commit_id,
+                accelerator=commit.accelerator,
+                kernel=commit.kernel,
+                initrd=commit.initrd,
+                created_at=time.time(),
+                guest_agent=commit.guest_agent,
+            )
+            host.layout.vm_dir(vm_id).mkdir(parents=True)
+            host.layout.runtime(vm_id).mkdir(parents=True, exist_ok=True)
+            host.save_vm(record)
+            try:
+                if (commit_dir / "ssh_key").exists():
+                    shutil.copy2(commit_dir / "ssh_key", host.layout.ssh_key(vm_id))
+                await run(
+                    "qemu-img", "create", "-q", "-f", "qcow2", "-F", "qcow2",
+                    "-b", commit.disk_chain[-1], record.disk_chain[-1],
+                )  # fmt: skip
+                await host.launch_vm(record, incoming=True)
+                async with await host.qmp(vm_id) as qmp:
+                    await _set_ignore_shared(qmp, True)
+                    state_file = shlex.quote(str(commit_dir / "device.state"))
+                    await qmp.execute("migrate-incoming", {"uri": f"exec:cat {state_file}"})
+                    await _wait_for_migration(qmp)
+                    await qmp.execute("cont")
+                host.remember(vm_id, VmState.RUNNING)
+                connection = await self._guests.connect(vm_id, AGENT_TIMEOUT_SECONDS)
+                await self._guests.became(vm_id, connection, restored=True)
+            except BaseException:
+                await self._guests.disconnect(vm_id)
+                await host.destroy(vm_id)
+                raise
+        return host.info(record, VmState.RUNNING)
+
+    async def branch(
+        self, vm_id: str, commit_id: str, new_vm_ids: Sequence[str], *, keep_paused: bool
+    ) -> BranchResult:
+        commit = await self.commit(vm_id, commit_id, keep_paused=keep_paused)
+        vms = await self.restore(commit_id, new_vm_ids)
+        return BranchResult(commit=commit, vms=vms)
+
+    async def delete_commit(self, commit_id: str) -> None:
+        directory = self._host.layout.commit_dir(commit_id)
+        if not (directory / "commit.json").exists():
+            raise CommitNotFound(commit_id)
+        # Restored VMs keep the RAM file mapped, so they survive its removal.
+        await asyncio.to_thread(shutil.rmtree, directory)
+        await self._host.collect_files()
+
+    def commits(self) -> list[CommitInfo]:
+        return [
+            commit_info(CommitRecord.from_json(read_json(path)))
+            for path in sorted(self._host.layout.commits.glob("*/commit.json"))
+        ]
+
+
+async def _set_ignore_shared(qmp: QmpClient, enabled: bool) -> None:
+    # Both ends must agree: with it on, the stream also carries each RAM block's address.
+    await qmp.execute(
+        "migrate-set-capabilities",
+        {"capabilities": [{"capability": "x-ignore-shared", "state": enabled}]},
+    )
+
+
+async def _migrate(qmp: QmpClient, uri: str, ignore_shared: bool) -> None:
+    await _set_ignore_shared(qmp, ignore_shared)
+    await qmp.execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH})
+    await qmp.execute("migrate", {"uri": uri})
+    await _wait_for_migration(qmp)
+
+
+async def _wait_for_migration(qmp: QmpClient) -> None:
+    deadline = time.monotonic() + MIGRATION_TIMEOUT_SECONDS
+    while time.monotonic() < deadline:
+        info = await qmp.execute("query-migrate")
+        status = info.get("status")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            raise DriverError(f"migration {status}: {info.get('error-desc', 'no details')}")
+        await asyncio.sleep(0.005)
+    raise DriverError(f"migration did not finish within {MIGRATION_TIMEOUT_SECONDS:g} s")
+
+
+async def _settle(qmp: QmpClient, *, run: bool) -> None:
+    """Leave a just-migrated VM running or paused.
+
+    A completed migration hands the disks over to the destination; only `cont` takes them
+    back, so a VM that should stay paused is continued and stopped again at once (it runs
+    for about a millisecond).
+    """
+    await qmp.execute("cont")
+    if not run:
+        await qmp.execute("stop")

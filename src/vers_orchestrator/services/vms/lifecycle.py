@@ -1,0 +1,226 @@
+"""A VM's life: boot, look up, pause and continue, grow its disk, label, delete.
+
+At start-up `reconcile` settles every row against the driver's inventory: a VM whose
+hypervisor died is `dead`; half-made VMs and commits nobody recorded are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, replace
+from functools import partial
+
+from vers_orchestrator.auth import Principal
+from vers_orchestrator.drivers import base as driver_api
+from vers_orchestrator.errors import BadRequest, VmNotFound, VmNotRunning, VmOperationFailed
+from vers_orchestrator.services.validation import validate_text
+from vers_orchestrator.services.vms.context import (
+    ALIVE,
+    VmContext,
+    canonical_vm_id,
+    log,
+    wire_state,
+)
+from vers_orchestrator.store import commits as commit_store
+from vers_orchestrator.store import vms as vm_store
+from vers_orchestrator.store.database import Tx
+from vers_orchestrator.store.vms import State, Vm
+
+DEFAULT_VCPUS = 1
+DEFAULT_MEM_MIB = 512
+DEFAULT_DISK_MIB = 1024
+MAX_VCPUS = 64
+MIN_MEM_MIB = 128
+MAX_LABELS = 64
+IMAGE_NAMES = (None, "default")
+KERNEL_NAMES = (None, "default.bin")
+
+
+@dataclass(frozen=True, slots=True)
+class RootConfig:
+    vcpus: int | None = None
+    mem_mib: int | None = None
+    disk_mib: int | None = None
+    image_name: str | None = None
+    kernel_name: str | None = None
+    labels: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Metadata:
+    vm: Vm
+    grandparent_vm_id: str | None
+
+
+def check_labels(labels: dict[str, str]) -> None:
+    if len(labels) > MAX_LABELS:
+        raise BadRequest(f"at most {MAX_LABELS} labels")
+    for name, value in labels.items():
+        if not name:
+            raise BadRequest("label names must not be empty")
+        validate_text("label name", name, 256)
+        validate_text("label value", value)
+
+
+class Lifecycle:
+    def __init__(self, context: VmContext) -> None:
+        self._context = context
+
+    async def reconcile(self) -> None:
+        """Settle the database against what the driver finds on the host after a restart."""
+        context = self._context
+        inventory = await context.driver.inventory()
+        on_host = {vm.vm_id: vm for vm in inventory.vms}
+        rows = await context.db.read(lambda tx: vm_store.list_live_on_node(tx, context.node))
+        for vm in rows:
+            found = on_host.pop(vm.vm_id, None)
+            if vm.state in (State.CREATING, State.DELETING):
+                # Interrupted half-way: nobody was told the VM exists (or it was going).
+                if found is not None:
+                    await context.delete_on_host(vm.vm_id)
+                end = State.FAILED if vm.state is State.CREATING else State.DELETED
+                await context.set_state(vm.vm_id, end)
+            elif found is None or found.state is driver_api.VmState.DEAD:
+                await context.set_state(vm.vm_id, State.DEAD)
+            else:
+                await context.set_state(vm.vm_id, State(found.state.value))
+        for vm_id in on_host:
+            log.warning("removing VM %s: the database does not know it", vm_id)
+            await context.delete_on_host(vm_id)
+        for snapshot in inventory.commits:
+            commit = await context.db.read(partial(commit_store.get, commit_id=snapshot.commit_id))
+            if commit is None or commit.deleted_at is not None:
+                log.warning("removing the data of commit %s: not a live commit", snapshot.commit_id)
+                with contextlib.suppress(driver_api.CommitNotFound):
+                    await context.driver.delete_commit(snapshot.commit_id)
+        live = await context.db.read(lambda tx: vm_store.list_live_on_node(tx, context.node))
+        context.exec_logs.keep_only({vm.vm_id for vm in live})
+
+    async def new_root(self, principal: Principal, config: RootConfig, wait_boot: bool) -> Vm:
+        """Boot a VM from the default image; with `wait_boot` false, answer while it boots."""
+        context = self._context
+        vcpus = DEFAULT_VCPUS if config.vcpus is None else config.vcpus
+        mem_mib = DEFAULT_MEM_MIB if config.mem_mib is None else config.mem_mib
+        disk_mib = DEFAULT_DISK_MIB if config.disk_mib is None else config.disk_mib
+        if not 1 <= vcpus <= MAX_VCPUS:
+            raise BadRequest(f"vcpu_count must be between 1 and {MAX_VCPUS}")
+        if mem_mib < MIN_MEM_MIB:
+            raise BadRequest(f"mem_size_mib must be at least {MIN_MEM_MIB}")
+        if config.image_name not in IMAGE_NAMES:
+            raise BadRequest(f"unknown image_name {config.image_name!r}: only 'default' exists")
+        if config.kernel_name not in KERNEL_NAMES:
+            raise BadRequest(
+                f"unknown kernel_name {config.kernel_name!r}: only 'default.bin' exists"
+            )
+        labels = dict(config.labels or {})
+        check_labels(labels)
+        vm = context.intent(principal, None, vcpus, mem_mib, disk_mib, labels)
+        await context.admit(principal, [vm], record=True)
+        spec = driver_api.VmSpec(mem_mib=mem_mib, vcpus=vcpus, disk_mib=disk_mib)
+        boot = asyncio.ensure_future(self._boot(vm.vm_id, spec))
+        context.booting[vm.vm_id] = boot
+        context.keep(boot)
+        boot.add_done_callback(lambda _: context.booting.pop(vm.vm_id, None))
+        if not wait_boot:
+            return vm
+        await asyncio.shield(boot)
+        return replace(vm, state=State.RUNNING)
+
+    async def _boot(self, vm_id: str, spec: driver_api.VmSpec) -> None:
+        context = self._context
+        try:
+            async with context.driver_call(vm_id, "boot the VM"):
+                await context.driver.create_vm(vm_id, spec)
+        except BaseException:
+            await context.set_state(vm_id, State.FAILED)
+            raise
+        await context.set_state(vm_id, State.RUNNING)
+
+    async def list_vms(self, principal: Principal) -> list[Vm]:
+        context = self._context
+        rows = await context.db.read(lambda tx: vm_store.list_live_in_org(tx, principal.org_id))
+        return list(await asyncio.gather(*(context.refresh(vm) for vm in rows)))
+
+    async def get(self, principal: Principal, vm_id: str) -> Vm:
+        """The VM as it is now: a booting VM answers `booting` at once."""
+        context = self._context
+        return await context.refresh(await context.find(principal, vm_id, wait_boot=False))
+
+    async def metadata(self, principal: Principal, vm_id: str) -> Metadata:
+        vm = await self.get(principal, vm_id)
+        grandparent = None
+        if vm.parent_commit_id is not None:
+            parent_id = vm.parent_commit_id
+            commit = await self._context.db.read(lambda tx: commit_store.get(tx, parent_id))
+            grandparent = None if commit is None else commit.parent_vm_id
+        return Metadata(vm, grandparent)
+
+    async def set_running(self, principal: Principal, vm_id: str, running: bool) -> None:
+        """Pause (`Sleeping`/`Paused`) or continue (`Running`) the VM's vCPUs."""
+        context = self._context
+        vm = await context.refresh(await context.alive(principal, vm_id))
+        if vm.state not in ALIVE:
+            raise VmNotRunning(wire_state(vm.state))
+        async with context.driver_call(vm.vm_id, "change the VM's state"):
+            if running:
+                await context.driver.resume(vm.vm_id)
+            else:
+                await context.driver.pause(vm.vm_id)
+        await context.set_state(vm.vm_id, State.RUNNING if running else State.PAUSED)
+
+    async def delete(self, principal: Principal, vm_id: str) -> str:
+        context = self._context
+        vm = context.local(await context.find(principal, vm_id))
+        await context.set_state(vm.vm_id, State.DELETING)
+        await context.detached(self._delete_and_record(vm.vm_id))
+        return vm.vm_id
+
+    async def _delete_and_record(self, vm_id: str) -> None:
+        context = self._context
+        try:
+            await context.delete_on_host(vm_id)
+        except driver_api.DriverError as exc:
+            log.error("deleting VM %s failed: %s", vm_id, exc)
+            # Still recorded as deleting: the next start-up finishes the job.
+            raise VmOperationFailed("failed to delete the VM") from None
+        await context.set_state(vm_id, State.DELETED)
+
+    async def resize_disk(self, principal: Principal, vm_id: str, disk_mib: int) -> None:
+        context = self._context
+        vm = await context.alive(principal, vm_id)
+        if disk_mib <= vm.disk_mib:
+            raise BadRequest(
+                f"fs_size_mib must be larger than the current size ({vm.disk_mib} MiB)"
+            )
+        async with context.driver_call(vm.vm_id, "resize the disk"):
+            await context.detached(context.driver.grow_disk(vm.vm_id, disk_mib))
+        await context.db.write(lambda tx: vm_store.set_disk(tx, vm.vm_id, disk_mib))
+
+    async def set_labels(
+        self, principal: Principal, vm_id: str, labels: dict[str, str], *, replace_all: bool
+    ) -> None:
+        check_labels(labels)
+        canonical = canonical_vm_id(vm_id)
+
+        async def unit(tx: Tx) -> None:
+            vm = await vm_store.get_live_in_org(tx, principal.org_id, canonical)
+            if vm is None:
+                raise VmNotFound()
+            merged = dict(labels) if replace_all else {**vm.labels, **labels}
+            check_labels(merged)
+            await vm_store.set_labels(tx, canonical, merged)
+
+        await self._context.db.write(unit)
+
+    async def delete_label(self, principal: Principal, vm_id: str, name: str) -> None:
+        canonical = canonical_vm_id(vm_id)
+
+        async def unit(tx: Tx) -> None:
+            vm = await vm_store.get_live_in_org(tx, principal.org_id, canonical)
+            if vm is None:
+                raise VmNotFound()
+            remaining = {key: value for key, value in vm.labels.items() if key != name}
+            await vm_store.set_labels(tx, canonical, remaining)
+
+        await self._context.db.write(unit)
