@@ -75,10 +75,18 @@ class FileRead(Stream):
             return
         if max_bytes is not None and info.st_size > max_bytes:
             os.close(fd)
-            self.fail("too_large", f"{path} is {info.st_size} bytes, more than {max_bytes}")
+            self.send_message(
+                protocol.error_message(
+                    "too_large", f"{path} is {info.st_size} bytes", size=info.st_size
+                )
+            )
+            self.finish()
             return
         self._fd = fd
         self._path = path
+        # Exactly this many bytes are sent: a file that grows meanwhile is cut there, one
+        # that shrinks is an error (the host may have promised the size to its client).
+        self._size = info.st_size
         self.send_message({"file": {"size": info.st_size, "mode": stat.S_IMODE(info.st_mode)}})
         connection.loop.set_idle(self, self._produce)
 
@@ -86,12 +94,13 @@ class FileRead(Stream):
         """One chunk per loop turn, so other streams and the port get their turns too."""
         if self._fd is None:
             return
-        size = min(protocol.MAX_PAYLOAD, self.credit[Channel.STDOUT])
-        if size <= 0:
+        left = self._size - self._sent
+        size = min(protocol.MAX_PAYLOAD, self.credit[Channel.STDOUT], left)
+        if left and size <= 0:
             self.connection.loop.set_idle(self, None)  # on_credit resumes
             return
         try:
-            data = os.read(self._fd, size)
+            data = os.read(self._fd, size) if left else b""
         except OSError as exc:
             self._stop()
             _io_error(self, self._path, exc)
@@ -101,6 +110,9 @@ class FileRead(Stream):
             self.send_data(Channel.STDOUT, data)
             return
         self._stop()
+        if left:
+            self.fail("io_error", f"{self._path} shrank while it was read")
+            return
         self.send_end(Channel.STDOUT)
         self.send_message({"done": {"bytes": self._sent}})
         self.finish()

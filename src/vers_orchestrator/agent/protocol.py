@@ -158,9 +158,9 @@ class FrameDecoder:
         return frames
 
 
-def error_message(code: str, message: str) -> dict[str, Any]:
+def error_message(code: str, message: str, **details: Any) -> dict[str, Any]:
     """The MESSAGE an agent sends when a request fails; `code` is one of ERROR_CODES."""
-    return {"error": {"code": code, "message": message}}
+    return {"error": {"code": code, "message": message, **details}}
 
 
 # What a request can fail with. A host maps them to its own errors by code, never by text.
@@ -169,7 +169,7 @@ ERROR_CODES = (
     "cwd_not_found",  # exec: the working directory does not exist
     "not_found",  # files: no such file (read) or no such directory (write)
     "not_regular",  # files: a directory, device, FIFO or socket
-    "too_large",  # files: larger than the request's max_bytes
+    "too_large",  # files: larger than the request's max_bytes; "size" says how large
     "io_error",  # files: the guest's file system refused (permissions, full disk …)
     "internal",  # the agent failed; its message says how
 )

@@ -177,6 +177,12 @@ class NotRegularFile(GuestAgentError):
 class FileTooLarge(GuestAgentError):
     """The file is larger than the caller said it can take."""
 
+    def __init__(self, path: str, size: int, limit: int) -> None:
+        super().__init__(f"{path} is {size} bytes, more than {limit}")
+        self.path = path
+        self.size = size
+        self.limit = limit
+
 
 class VmDriver(Protocol):
     async def create_vm(self, vm_id: str, spec: VmSpec) -> VmInfo:

@@ -33,7 +33,9 @@ EXEC_ANSWER_GRACE_SECONDS = 30.0
 STREAM_NAMES = {Channel.STDOUT: "stdout", Channel.STDERR: "stderr"}
 
 
-def _raise_for(reply: dict[str, Any], path: str | None = None) -> None:
+def _raise_for(
+    reply: dict[str, Any], path: str | None = None, max_bytes: int | None = None
+) -> None:
     error = reply.get("error")
     if error is None:
         return
@@ -43,8 +45,8 @@ def _raise_for(reply: dict[str, Any], path: str | None = None) -> None:
         raise GuestFileNotFound(path)
     if code == "not_regular" and path is not None:
         raise NotRegularFile(path)
-    if code == "too_large":
-        raise FileTooLarge(message)
+    if code == "too_large" and path is not None and max_bytes is not None:
+        raise FileTooLarge(path, int(error.get("size", 0)), max_bytes)
     if code in ("bad_request", "cwd_not_found"):
         raise InvalidRequest(message)
     raise GuestAgentError(message)
@@ -184,7 +186,7 @@ async def open_file(
     stream = await connection.open({"op": "read_file", "path": path, "max_bytes": max_bytes})
     try:
         reply = await stream.message()
-        _raise_for(reply, path)
+        _raise_for(reply, path, max_bytes)
         info = reply["file"]
         yield FileDownload(int(info["size"]), int(info["mode"]), stream)
     finally:

@@ -85,6 +85,9 @@ class VmContext:
         self.node = settings.vm_node
         self._admission = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        # Commands whose output is being streamed: not waited for at shutdown (a command
+        # may run for days); the next start marks them interrupted in their logs.
+        self._streams: set[asyncio.Task[Any]] = set()
         self.booting: dict[str, asyncio.Task[None]] = {}
         self.exec_logs = ExecLogs(settings.data_dir / "exec-logs", settings.exec_log_bytes_per_vm)
 
@@ -98,6 +101,10 @@ class VmContext:
             _, pending = await asyncio.wait(self._tasks, timeout=timeout_seconds)
             for task in pending:
                 task.cancel()
+        for task in self._streams:
+            task.cancel()
+        if self._streams:
+            await asyncio.wait(self._streams)
         self.exec_logs.close()
 
     def detached(self, work: Awaitable[T]) -> asyncio.Future[T]:
@@ -106,10 +113,12 @@ class VmContext:
         self.keep(task)
         return asyncio.shield(task)
 
-    def keep(self, task: asyncio.Task[T]) -> None:
-        """Hold a reference until the task ends, and read its error so none goes unseen."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+    def keep(self, task: asyncio.Task[T], *, wait_at_close: bool = True) -> None:
+        """Hold a reference until the task ends, and read its error so none goes unseen.
+        Shutdown waits for it, or (`wait_at_close` false) cancels it."""
+        tasks = self._tasks if wait_at_close else self._streams
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
         task.add_done_callback(lambda done: done.cancelled() or done.exception())
 
     # -- lookups ----------------------------------------------------------------------
@@ -180,7 +189,10 @@ class VmContext:
         except driver_api.NotRegularFile as exc:
             raise NotRegularFile(exc.path) from None
         except driver_api.FileTooLarge as exc:
-            raise PayloadTooLarge(f"{exc}; read it with Accept: application/octet-stream") from None
+            raise PayloadTooLarge(
+                f"{exc.path} is {exc.size} bytes; the JSON form carries at most {exc.limit}:"
+                " read it with Accept: application/octet-stream"
+            ) from None
         except driver_api.GuestAgentError as exc:
             raise GuestRefused(str(exc)) from None
         except driver_api.InvalidRequest as exc:

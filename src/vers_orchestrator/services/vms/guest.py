@@ -198,13 +198,15 @@ class Guest:
                 log.add(run, "stderr", f"{exc.message}\n".encode())
                 log.finish(run, LOST_EXIT_CODE)
                 return
+            except asyncio.CancelledError:
+                raise  # the server stops; the next start marks the run interrupted
             except BaseException:
                 log.add(run, "stderr", b"internal server error\n")
                 log.finish(run, LOST_EXIT_CODE)
                 raise
             log.finish(run, EXEC_TIMEOUT_EXIT_CODE if result.timed_out else result.exit_code)
 
-        context.keep(asyncio.ensure_future(work()))
+        context.keep(asyncio.ensure_future(work()), wait_at_close=False)
         return stream
 
     async def attach(self, principal: Principal, vm_id: str, exec_id: str) -> ExecStream:

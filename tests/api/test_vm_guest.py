@@ -1,0 +1,436 @@
+"""Inside a VM through the API and the official SDK: exec, streams, logs, files, identity.
+
+One server on SQLite for the module and one root VM that the tests share (each leaves it
+as it found it). The server's JSON file limit is lowered to 12 MiB so that its edges are
+cheap to reach; raw transfers have none.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from vers_sdk.errors import APIError
+from vers_sdk.models import CreateNewRootVmParams, ReadFileVmParams
+
+from tests.support import IMAGES_DIR, Backend, Key, Server, error, make_key, sdk_call
+from vers_orchestrator.drivers.qemu.images import ensure_default_image
+
+pytestmark = pytest.mark.slow
+
+MIB = 1024 * 1024
+JSON_FILE_LIMIT = 12 * MIB
+SLOW_CALL = {"timeout": 240.0}
+ROOT_CONFIG = {"vcpu_count": 1, "mem_size_mib": 256, "fs_size_mib": 1536}
+
+
+class Guest:
+    def __init__(self, backend: Backend, server: Server, key: Key) -> None:
+        self.backend = backend
+        self.server = server
+        self.key = key
+        self.vm_id = ""
+
+    def sdk(self, call: Any) -> Any:
+        return sdk_call(self.server, self.key.token, call, **SLOW_CALL)
+
+    def client(self, **headers: str) -> httpx.Client:
+        client = self.server.client(self.key.token, **headers)
+        client.timeout = httpx.Timeout(240.0)
+        return client
+
+    def exec(self, command: list[str], vm_id: str | None = None, **extra: Any) -> Any:
+        target = vm_id or self.vm_id
+        return self.sdk(lambda c: c.exec_vm(target, {"command": command, **extra}))
+
+    def shell(self, script: str, vm_id: str | None = None) -> str:
+        result = self.exec(["sh", "-c", script], vm_id)
+        assert result["exit_code"] == 0, result
+        text: str = result["stdout"]
+        return text
+
+
+@pytest.fixture(scope="module")
+def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
+    ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
+    backend = Backend.create(
+        "sqlite", tmp_path_factory.mktemp("guest"), MAX_FILE_BYTES=str(JSON_FILE_LIMIT)
+    )
+    server = Server(backend, tmp_path_factory.mktemp("guest-server") / "server.log").start()
+    shared = Guest(backend, server, make_key(backend))
+    try:
+        created = shared.sdk(
+            lambda c: c.create_new_root_vm(
+                {"vm_config": ROOT_CONFIG}, CreateNewRootVmParams(wait_boot=True)
+            )
+        )
+        shared.vm_id = created["vm_id"]
+        yield shared
+    finally:
+        try:
+            with shared.client() as client:
+                for vm in client.get("/api/v1/vm").json():
+                    client.delete(f"/api/v1/vm/{vm['vm_id']}")
+        finally:
+            server.stop()
+            backend.drop()
+
+
+def _running(guest: Guest, pattern: str) -> int:
+    """How many processes of the VM have a command line matching `pattern` (pgrep -f)."""
+    return int(guest.shell(f"pgrep -cf '{pattern}' || :"))
+
+
+class TestExec:
+    def test_a_background_process_does_not_hold_the_call(self, guest: Guest) -> None:
+        started = time.monotonic()
+        result = guest.exec(["/bin/sh", "-c", "sleep 25 & echo started"])
+        assert time.monotonic() - started < 10  # the call would last 25 s if it waited
+        assert result == {
+            "exec_id": result["exec_id"],
+            "exit_code": 0,
+            "stdout": "started\n",
+            "stderr": "",
+            "stdout_truncated": False,
+            "stderr_truncated": False,
+            "timed_out": False,
+        }
+        assert _running(guest, "^sleep 25$") == 1
+        guest.shell("pkill -x sleep || :")
+
+    def test_a_timeout_is_124_with_the_output_and_kills_what_the_command_started(
+        self, guest: Guest
+    ) -> None:
+        result = guest.exec(["/bin/sh", "-c", "sleep 60 & echo started; sleep 30"], timeout_secs=5)
+        assert (result["exit_code"], result["stdout"], result["timed_out"]) == (
+            124,
+            "started\n",
+            True,
+        )
+        assert _running(guest, "^sleep (60|30)$") == 0
+
+    def test_a_timeout_kills_reparented_processes_too(self, guest: Guest) -> None:
+        result = guest.exec(["/bin/sh", "-c", "(sleep 302 &); sleep 100"], timeout_secs=3)
+        assert (result["exit_code"], result["timed_out"]) == (124, True)
+        assert _running(guest, "^sleep (302|100)$") == 0
+
+    def test_output_beyond_16_mib_is_cut_and_the_reply_says_so(self, guest: Guest) -> None:
+        result = guest.exec(["/bin/sh", "-c", "head -c 20000000 /dev/zero | tr '\\0' a"])
+        assert (result["exit_code"], len(result["stdout"]), result["stdout_truncated"]) == (
+            0,
+            16 * MIB,
+            True,
+        )
+        assert set(result["stdout"]) == {"a"}
+        assert result["stderr_truncated"] is False
+
+    def test_a_streamed_exec_has_no_output_limit(self, guest: Guest) -> None:
+        body = {"command": ["/bin/sh", "-c", "head -c 20000000 /dev/zero"]}
+        size = 0
+        with (
+            guest.client() as client,
+            client.stream("POST", f"/api/v1/vm/{guest.vm_id}/exec/stream", json=body) as reply,
+        ):
+            assert reply.status_code == 200
+            lines = [json.loads(line) for line in reply.iter_lines()]
+        for line in lines[:-1]:
+            size += len(base64.b64decode(line["data_b64"]))
+        assert size == 20_000_000
+        assert lines[-1]["type"] == "exit"
+        assert lines[-1]["exit_code"] == 0
+
+    def test_a_streamed_chunk_arrives_while_the_command_still_runs(self, guest: Guest) -> None:
+        body = {"command": ["/bin/sh", "-c", "echo one; sleep 3; echo two"]}
+        arrivals = []
+        with (
+            guest.client() as client,
+            client.stream("POST", f"/api/v1/vm/{guest.vm_id}/exec/stream", json=body) as reply,
+        ):
+            assert reply.headers["content-type"] == "application/x-ndjson"
+            for line in reply.iter_lines():
+                arrivals.append((time.monotonic(), json.loads(line)))
+        data = [base64.b64decode(line["data_b64"]) for _, line in arrivals[:-1]]
+        assert data == [b"one\n", b"two\n"]
+        # Had the stream held the first chunk back, both would come at the end together.
+        assert arrivals[1][0] - arrivals[0][0] > 2.0
+
+    def test_a_missing_working_directory_is_400(self, guest: Guest) -> None:
+        with guest.client() as client:
+            reply = client.post(
+                f"/api/v1/vm/{guest.vm_id}/exec", json={"command": ["pwd"], "working_dir": "/x"}
+            )
+        assert (reply.status_code, reply.json()) == (
+            400,
+            error("working directory not found: /x"),
+        )
+        assert guest.exec(["pwd"])["stdout"] == "/root\n"
+
+    def test_stdin_of_10_mib(self, guest: Guest) -> None:
+        text = "0123456789abcdef" * (10 * MIB // 16)
+        result = guest.exec(["sha256sum"], stdin=text)
+        assert result["stdout"] == f"{hashlib.sha256(text.encode()).hexdigest()}  -\n"
+
+    def test_concurrent_execs_do_not_wait_for_each_other(self, guest: Guest) -> None:
+        results: dict[int, Any] = {}
+
+        def run(number: int) -> None:
+            results[number] = guest.exec(["/bin/sh", "-c", f"sleep 2; echo {number}"])
+
+        threads = [threading.Thread(target=run, args=(n,)) for n in range(4)]
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        quick = guest.exec(["echo", "quick"])
+        quick_done = time.monotonic() - started
+        for thread in threads:
+            thread.join()
+        assert quick["stdout"] == "quick\n"
+        assert quick_done < 2.0  # it did not wait for the sleeping ones
+        assert {n: r["stdout"] for n, r in results.items()} == {n: f"{n}\n" for n in range(4)}
+
+    def test_an_exec_running_during_a_commit_finishes(self, guest: Guest) -> None:
+        results: list[Any] = []
+        running = threading.Thread(
+            target=lambda: results.append(guest.exec(["/bin/sh", "-c", "sleep 2; echo done"]))
+        )
+        running.start()
+        time.sleep(0.5)
+        commit = guest.sdk(lambda c: c.commit_vm(guest.vm_id, {}))
+        running.join()
+        assert [result["stdout"] for result in results] == ["done\n"]
+        guest.sdk(lambda c: c.delete_commit(commit["commit_id"]))
+
+
+class TestFiles:
+    def test_the_json_form_carries_files_up_to_the_limit(self, guest: Guest) -> None:
+        data = os.urandom(2 * MIB)  # three times what the general 1 MiB body limit allows
+        body = {"path": "/root/two.bin", "content_b64": base64.b64encode(data).decode()}
+        guest.sdk(lambda c: c.write_file_vm(guest.vm_id, body))
+        read = guest.sdk(
+            lambda c: c.read_file_vm(guest.vm_id, ReadFileVmParams(path="/root/two.bin"))
+        )
+        assert base64.b64decode(read["content_b64"]) == data
+        guest.shell("head -c 13631488 /dev/zero > /root/large.bin")
+        with pytest.raises(APIError) as refused:
+            guest.sdk(
+                lambda c: c.read_file_vm(guest.vm_id, ReadFileVmParams(path="/root/large.bin"))
+            )
+        assert (refused.value.status, refused.value.error_message) == (
+            413,
+            f"/root/large.bin is {13 * MIB} bytes; the JSON form carries at most"
+            f" {JSON_FILE_LIMIT}: read it with Accept: application/octet-stream",
+        )
+        too_big = {"path": "/root/x", "content_b64": base64.b64encode(bytes(13 * MIB)).decode()}
+        with guest.client() as client:
+            reply = client.put(f"/api/v1/vm/{guest.vm_id}/files", json=too_big)
+        assert reply.status_code == 413
+        guest.shell("rm /root/two.bin /root/large.bin")
+
+    def test_a_256_mib_binary_file_round_trips_raw_with_flat_server_memory(
+        self, guest: Guest
+    ) -> None:
+        piece = os.urandom(MIB)
+        expected = hashlib.sha256(piece * 256).hexdigest()
+        sampler = _RssSampler(guest.server)
+
+        def pieces() -> Iterator[bytes]:
+            for _ in range(256):
+                yield piece
+
+        url = f"/api/v1/vm/{guest.vm_id}/files"
+        with sampler, guest.client() as client:
+            written = client.put(
+                url,
+                params={"path": "/root/big.bin"},
+                content=pieces(),
+                headers={"content-type": "application/octet-stream"},
+            )
+            assert written.status_code == 200, written.text
+            digest = hashlib.sha256()
+            with client.stream(
+                "GET",
+                url,
+                params={"path": "/root/big.bin"},
+                headers={"accept": "application/octet-stream"},
+            ) as reply:
+                assert reply.status_code == 200
+                assert reply.headers["content-length"] == str(256 * MIB)
+                for chunk in reply.iter_bytes():
+                    digest.update(chunk)
+        assert digest.hexdigest() == expected
+        assert guest.shell("sha256sum /root/big.bin").split()[0] == expected
+        assert sampler.growth < 64 * MIB, sampler.growth
+
+    def test_a_download_stops_when_the_client_goes_away(self, guest: Guest) -> None:
+        url = f"/api/v1/vm/{guest.vm_id}/files"
+        with (
+            guest.client() as client,
+            client.stream(
+                "GET",
+                url,
+                params={"path": "/root/big.bin"},
+                headers={"accept": "application/octet-stream"},
+            ) as reply,
+        ):
+            assert reply.status_code == 200
+            next(reply.iter_bytes())
+        agent_files = "ls -l /proc/$(pgrep -f 'm vers_agent')/fd | grep -c big.bin || :"
+        deadline = time.monotonic() + 30
+        while guest.shell(agent_files) != "0\n":
+            assert time.monotonic() < deadline, "the guest went on reading the file"
+            time.sleep(0.2)
+        guest.shell("rm /root/big.bin")
+
+    def test_raw_uploads_take_mode_and_create_dirs(self, guest: Guest) -> None:
+        url = f"/api/v1/vm/{guest.vm_id}/files"
+        headers = {"content-type": "application/octet-stream"}
+        with guest.client() as client:
+            written = client.put(
+                url,
+                params={"path": "/srv/raw/tool.sh", "mode": "0750", "create_dirs": "true"},
+                content=b"#!/bin/sh\necho raw\n",
+                headers=headers,
+            )
+            bad_mode = client.put(
+                url, params={"path": "/root/x", "mode": "rwx"}, content=b"x", headers=headers
+            )
+            no_path = client.put(url, content=b"x", headers=headers)
+            no_dir = client.put(url, params={"path": "/no/dir/x"}, content=b"x", headers=headers)
+        assert written.status_code == 200
+        assert guest.exec(["/srv/raw/tool.sh"])["stdout"] == "raw\n"
+        assert guest.shell("stat -c %a /srv/raw/tool.sh") == "750\n"
+        assert (bad_mode.status_code, bad_mode.json()) == (
+            400,
+            error("Failed to deserialize query string: mode must be octal: 'rwx'"),
+        )
+        assert (no_path.status_code, no_path.json()) == (400, error("path must not be empty"))
+        assert (no_dir.status_code, no_dir.json()) == (
+            400,
+            error("the VM refused: no such directory: /no/dir"),
+        )
+
+    def test_devices_and_directories_are_not_regular_files(self, guest: Guest) -> None:
+        url = f"/api/v1/vm/{guest.vm_id}/files"
+        with guest.client() as client:
+            zero = client.get(url, params={"path": "/dev/zero"})
+            zero_raw = client.get(
+                url, params={"path": "/dev/zero"}, headers={"accept": "application/octet-stream"}
+            )
+            directory = client.get(url, params={"path": "/root"})
+            null = client.put(url, json={"path": "/dev/null", "content_b64": "eA=="})
+        assert (zero.status_code, zero.json()) == (400, error("not a regular file: /dev/zero"))
+        assert (zero_raw.status_code, zero_raw.json()) == (
+            400,
+            error("not a regular file: /dev/zero"),
+        )
+        assert (directory.status_code, directory.json()) == (
+            400,
+            error("not a regular file: /root"),
+        )
+        assert (null.status_code, null.json()) == (400, error("not a regular file: /dev/null"))
+
+
+class TestIdentity:
+    def test_branches_have_the_hosts_time_and_names_and_keys_of_their_own(
+        self, guest: Guest
+    ) -> None:
+        guest.shell("sleep 1")  # let the root's clock go its own way for a moment
+        branched = guest.sdk(lambda c: c.branch_vm(guest.vm_id))
+        branches = [vm["vm_id"] for vm in branched["vms"]]
+        branches += [vm["vm_id"] for vm in guest.sdk(lambda c: c.branch_vm(guest.vm_id))["vms"]]
+        for branch in branches:
+            before = time.time()
+            guest_time = float(guest.shell("date +%s.%N", branch))
+            after = time.time()
+            assert before - 0.1 <= guest_time <= after + 0.1
+        names = {vm_id: guest.shell("hostname", vm_id) for vm_id in (guest.vm_id, *branches)}
+        assert names == {vm_id: f"{vm_id}\n" for vm_id in names}
+        host_keys = {
+            guest.shell("cat /etc/ssh/ssh_host_ed25519_key.pub", vm_id)
+            for vm_id in (guest.vm_id, *branches)
+        }
+        assert len(host_keys) == 3
+        for branch in branches:
+            guest.sdk(lambda c, b=branch: c.delete_vm(b))
+
+
+class TestLogs:
+    def test_streams_and_logs_survive_a_restart_of_the_server(self, guest: Guest) -> None:
+        finished, running = str(uuid.uuid4()), str(uuid.uuid4())
+        stream_url = f"/api/v1/vm/{guest.vm_id}/exec/stream"
+        with guest.client() as client:
+            lines = client.post(
+                stream_url,
+                json={"command": ["/bin/sh", "-c", "echo kept"], "exec_id": finished},
+            ).text.splitlines()
+            with client.stream(
+                "POST",
+                stream_url,
+                json={"command": ["/bin/sh", "-c", "echo begun; sleep 30"], "exec_id": running},
+            ) as reply:
+                next(reply.iter_lines())
+        guest.server.stop()
+        guest.server.start()
+        attach = f"/api/v1/vm/{guest.vm_id}/exec/stream/attach"
+        with guest.client() as client:
+            replayed = client.post(attach, json={"exec_id": finished}).text.splitlines()
+            interrupted = [
+                json.loads(line)
+                for line in client.post(attach, json={"exec_id": running}).text.splitlines()
+            ]
+            logs = client.get(f"/api/v1/vm/{guest.vm_id}/logs", params={"max_entries": 1000})
+        assert replayed == lines
+        assert [base64.b64decode(line.get("data_b64", "")) for line in interrupted] == [
+            b"begun\n",
+            b"vers-orchestrator: the server restarted while this command ran;"
+            b" its later output was not kept\n",
+            b"",
+        ]
+        assert interrupted[-1] == {"type": "exit", "exec_id": running, "exit_code": 255}
+        mine = [e for e in logs.json()["entries"] if e["exec_id"] in (finished, running)]
+        assert [base64.b64decode(entry["data_b64"]) for entry in mine][:2] == [
+            b"kept\n",
+            b"begun\n",
+        ]
+        guest.shell("pkill -x sleep || :")
+
+
+class _RssSampler:
+    """The server process's largest resident set while inside, over what it was before."""
+
+    def __init__(self, server: Server) -> None:
+        assert server.process is not None
+        self._status = Path(f"/proc/{server.process.pid}/status")
+        self._stop = threading.Event()
+        self.growth = 0
+
+    def _rss(self) -> int:
+        for line in self._status.read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def __enter__(self) -> _RssSampler:
+        self._before = self._rss()
+        self._thread = threading.Thread(target=self._sample)
+        self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.05):
+            self.growth = max(self.growth, self._rss() - self._before)
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
