@@ -34,6 +34,9 @@ class Settings:
     postgres_pool_size: int = 16
     # "auto" uses KVM when it can run the guest kernel and TCG otherwise; "kvm"/"tcg" force.
     vm_accelerator: str = "auto"
+    # Address space randomization inside guests: "auto" turns it off under TCG, where it
+    # makes every process start twice as slow, and keeps it under KVM; "on" or "off".
+    vm_guest_aslr: str = "auto"
     # None means a folder inside data_dir; see `effective_images_dir`, `effective_vm_state_dir`.
     images_dir: Path | None = None
     vm_state_dir: Path | None = None
@@ -74,6 +77,11 @@ class Settings:
                 postgres_pool_size=int(get("POSTGRES_POOL_SIZE") or defaults.postgres_pool_size),
                 vm_accelerator=_choice(
                     "VM_ACCELERATOR", get("VM_ACCELERATOR") or defaults.vm_accelerator
+                ),
+                vm_guest_aslr=_choice(
+                    "VM_GUEST_ASLR",
+                    get("VM_GUEST_ASLR") or defaults.vm_guest_aslr,
+                    GUEST_ASLR_CHOICES,
                 ),
                 images_dir=_optional_path(get("IMAGES_DIR")),
                 vm_state_dir=_optional_path(get("VM_STATE_DIR")),
@@ -128,11 +136,12 @@ class Settings:
 
 
 VM_ACCELERATORS = ("auto", "kvm", "tcg")
+GUEST_ASLR_CHOICES = ("auto", "on", "off")
 
 
-def _choice(name: str, value: str) -> str:
-    if value not in VM_ACCELERATORS:
-        raise ValueError(f"{ENV_PREFIX}{name} must be one of {', '.join(VM_ACCELERATORS)}")
+def _choice(name: str, value: str, choices: tuple[str, ...] = VM_ACCELERATORS) -> str:
+    if value not in choices:
+        raise ValueError(f"{ENV_PREFIX}{name} must be one of {', '.join(choices)}")
     return value
 
 

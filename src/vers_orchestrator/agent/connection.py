@@ -13,12 +13,17 @@ import errno
 import os
 import sys
 from collections import deque
-from collections.abc import Callable
-from typing import Any
 
 from . import protocol
 from .loop import EDGE, READ, WRITE, Loop
 from .protocol import Channel, Frame, FrameType
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+    StreamFactory = Callable[["Connection", int, dict[str, Any]], "Stream"]
 
 READ_SIZE = 256 * 1024
 # Frames queued in one loop turn leave in writes of up to this much (the port takes at most
@@ -39,8 +44,8 @@ class Stream:
         self.id = stream_id
         # False once the conversation is over or the stream finished: nothing more is sent.
         self.open = True
-        self.credit = {channel: protocol.WINDOW for channel in Channel}
-        self._unacknowledged = {channel: 0 for channel in Channel}
+        self.credit = {channel: protocol.WINDOW for channel in Channel.ALL}
+        self._unacknowledged = {channel: 0 for channel in Channel.ALL}
 
     # -- sending ------------------------------------------------------------------
 
@@ -50,7 +55,7 @@ class Stream:
                 protocol.encode_json(FrameType.MESSAGE, self.id, value), stream=self.id
             )
 
-    def send_data(self, channel: Channel, data: bytes) -> None:
+    def send_data(self, channel: int, data: bytes) -> None:
         """Send `data` on `channel`; the caller has checked that the credit covers it."""
         if not self.open:
             return
@@ -61,13 +66,13 @@ class Stream:
                 protocol.encode(FrameType.DATA, self.id, piece, channel), stream=self.id, bulk=True
             )
 
-    def send_end(self, channel: Channel) -> None:
+    def send_end(self, channel: int) -> None:
         if self.open:
             self.connection.send(
                 protocol.encode(FrameType.END, self.id, b"", channel), stream=self.id
             )
 
-    def consumed(self, channel: Channel, amount: int) -> None:
+    def consumed(self, channel: int, amount: int) -> None:
         """`amount` bytes the host sent on `channel` are dealt with; it may send more."""
         self._unacknowledged[channel] += amount
         if self.open and self._unacknowledged[channel] >= protocol.CREDIT_BATCH:
@@ -92,21 +97,18 @@ class Stream:
     def on_message(self, value: dict[str, Any]) -> None:
         self.fail("bad_request", "this stream takes no messages")
 
-    def on_data(self, channel: Channel, data: bytes) -> None:
+    def on_data(self, channel: int, data: bytes) -> None:
         self.fail("bad_request", "this stream takes no data")
 
-    def on_end(self, channel: Channel) -> None:
+    def on_end(self, channel: int) -> None:
         self.fail("bad_request", "this stream takes no data")
 
-    def on_credit(self, channel: Channel, amount: int) -> None:
+    def on_credit(self, channel: int, amount: int) -> None:
         self.credit[channel] += amount
 
     def on_close(self) -> None:
         """The host cancelled the stream or went away; stop sending and clean up."""
         self.open = False
-
-
-StreamFactory = Callable[["Connection", int, dict[str, Any]], Stream]
 
 
 class Connection:
@@ -230,11 +232,11 @@ class Connection:
             if frame.type == FrameType.MESSAGE:
                 stream.on_message(frame.json())
             elif frame.type == FrameType.DATA:
-                stream.on_data(Channel(frame.flags), frame.payload)
+                stream.on_data(frame.channel(), frame.payload)
             elif frame.type == FrameType.END:
-                stream.on_end(Channel(frame.flags))
+                stream.on_end(frame.channel())
             elif frame.type == FrameType.CREDIT:
-                stream.on_credit(Channel(frame.flags), frame.credit())
+                stream.on_credit(frame.channel(), frame.credit())
             elif frame.type == FrameType.CLOSE:
                 self.forget(stream)
                 stream.on_close()

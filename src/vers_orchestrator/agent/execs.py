@@ -22,13 +22,16 @@ from __future__ import annotations
 import os
 import signal
 import stat
-from typing import Any
 
 from . import protocol
 from .connection import Connection, Stream
 from .loop import READ, WRITE, Timer
-from .protocol import Channel
+from .protocol import STREAM_NAMES, Channel
 from .system import Cgroup, Cgroups
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_ENV = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8"}
@@ -95,7 +98,7 @@ def _which(program: str, path: str) -> str:
 class OutputPipe:
     __slots__ = ("channel", "fd", "held", "limit", "sent", "total", "truncated", "watching")
 
-    def __init__(self, channel: Channel, fd: int, limit: int | None) -> None:
+    def __init__(self, channel: int, fd: int, limit: int | None) -> None:
         self.channel = channel
         self.fd: int | None = fd
         self.limit = limit
@@ -156,7 +159,7 @@ class Exec(Stream):
         self._cgroup = self._cgroups.create(name)
         failure: OSError | None = None
         try:
-            with self._cgroup.entered():
+            with self._cgroup:
                 pid = spawn(argv, env, cwd, (in_read, out_write, err_write))
         except OSError as exc:
             failure = exc
@@ -254,7 +257,7 @@ class Exec(Stream):
             pipe.fd = None
         self._release_when_idle()
 
-    def on_credit(self, channel: Channel, amount: int) -> None:
+    def on_credit(self, channel: int, amount: int) -> None:
         super().on_credit(channel, amount)
         for pipe in self._pipes:
             if pipe.channel == channel:
@@ -265,7 +268,7 @@ class Exec(Stream):
 
     # -- stdin ----------------------------------------------------------------------
 
-    def on_data(self, channel: Channel, data: bytes) -> None:
+    def on_data(self, channel: int, data: bytes) -> None:
         if channel != Channel.INPUT or self._stdin_ended:
             self.fail("bad_request", "stdin data on a stream without stdin")
             return
@@ -275,7 +278,7 @@ class Exec(Stream):
         self._stdin_buffer += data
         self._write_stdin()
 
-    def on_end(self, channel: Channel) -> None:
+    def on_end(self, channel: int) -> None:
         if channel != Channel.INPUT:
             self.fail("bad_request", "END of a channel the host does not send")
             return
@@ -386,7 +389,7 @@ class Exec(Stream):
             self._watch(pipe)
         exit_report = dict(self._exit)
         for pipe in self._pipes:
-            name = pipe.channel.name.lower()
+            name = STREAM_NAMES[pipe.channel]
             exit_report[f"{name}_bytes"] = pipe.total
             exit_report[f"{name}_truncated"] = pipe.truncated
         self.send_message({"exit": exit_report})
@@ -443,7 +446,7 @@ def _exit_report(
     report.update(stdout_bytes=0, stdout_truncated=False, stderr_bytes=errors)
     report["stderr_truncated"] = False
     for pipe in pipes:
-        name = pipe.channel.name.lower()
+        name = STREAM_NAMES[pipe.channel]
         report[f"{name}_bytes"] = pipe.total
         report[f"{name}_truncated"] = pipe.truncated
     return report

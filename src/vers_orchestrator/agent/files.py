@@ -14,16 +14,17 @@ Relative paths are relative to root's home, like commands' working directory.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
 import stat
-from typing import Any
 
 from . import protocol
 from .connection import Connection, Stream
 from .execs import DEFAULT_CWD
 from .protocol import Channel
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 NEW_FILE_MODE = 0o644
 
@@ -117,7 +118,7 @@ class FileRead(Stream):
         self.send_message({"done": {"bytes": self._sent}})
         self.finish()
 
-    def on_credit(self, channel: Channel, amount: int) -> None:
+    def on_credit(self, channel: int, amount: int) -> None:
         super().on_credit(channel, amount)
         if self._fd is not None:
             self.connection.loop.set_idle(self, self._produce)
@@ -163,7 +164,7 @@ class FileWrite(Stream):
                 self.fail("not_regular", f"not a regular file: {path}")
                 return
             staged = os.path.join(
-                directory, f".{os.path.basename(target)}.vers-{secrets.token_hex(4)}"
+                directory, f".{os.path.basename(target)}.vers-{os.urandom(4).hex()}"
             )
             fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -177,7 +178,7 @@ class FileWrite(Stream):
         self._existing = existing
         self.send_message({"ready": {}})
 
-    def on_data(self, channel: Channel, data: bytes) -> None:
+    def on_data(self, channel: int, data: bytes) -> None:
         if channel != Channel.INPUT or self._fd is None:
             self.fail("bad_request", "file data after the end")
             return
@@ -192,7 +193,7 @@ class FileWrite(Stream):
         self._written += len(data)
         self.consumed(Channel.INPUT, len(data))
 
-    def on_end(self, channel: Channel) -> None:
+    def on_end(self, channel: int) -> None:
         if channel != Channel.INPUT or self._fd is None:
             self.fail("bad_request", "END of a channel the host does not send")
             return
@@ -223,8 +224,10 @@ class FileWrite(Stream):
             os.close(self._fd)
             self._fd = None
         if self._staged is not None:
-            with contextlib.suppress(OSError):
+            try:
                 os.unlink(self._staged)
+            except OSError:
+                pass  # already gone
             self._staged = None
 
     def on_close(self) -> None:

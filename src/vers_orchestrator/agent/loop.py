@@ -12,15 +12,18 @@ import heapq
 import itertools
 import select
 import time
-from collections.abc import Callable
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    Handler = Callable[[int], None]
 
 READ = select.EPOLLIN
 WRITE = select.EPOLLOUT
 EDGE = select.EPOLLET
 # Reported whether asked for or not; a handler treats them as "read to find out".
 HANGUP = select.EPOLLHUP | select.EPOLLERR | select.EPOLLRDHUP
-
-Handler = Callable[[int], None]
 
 
 class Timer:

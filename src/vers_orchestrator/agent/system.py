@@ -7,22 +7,19 @@ branch, and whose hostname and SSH host keys are its parent's.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import fcntl
 import itertools
 import os
-import re
-import secrets
 import signal
-import socket
-import subprocess
 import time
-from collections.abc import Iterator
-from typing import Any
 
 from .connection import Connection, Stream, log
 from .loop import READ, Loop
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 EXEC_CGROUPS = "vers-exec"
@@ -31,7 +28,8 @@ SWEEP_SECONDS = 30.0
 RNDRESEEDCRNG = 0x5207
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 SSHD_PID = "/run/sshd.pid"
-HOSTNAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+HOSTNAME_MAX = 64
+HOSTNAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
 # A clock off by less than this is slewed (adjtime), not stepped: programs never see time
 # jump, backwards least of all. Beyond it the clock is stepped at once.
 MAX_SLEW_NS = 500_000_000
@@ -44,30 +42,27 @@ class Cgroup:
         self.path = path
         self._owner = owner
 
-    @contextlib.contextmanager
-    def entered(self) -> Iterator[None]:
-        """While inside, the agent itself is in the cgroup, so a child it forks starts there:
-        no process of the command ever runs outside it."""
-        if self.path is None or self._owner is None:
-            yield
-            return
-        _write(os.path.join(self.path, "cgroup.procs"), "0")
-        try:
-            yield
-        finally:
+    def __enter__(self) -> None:
+        """While inside, the agent itself is in the cgroup, so a child it starts starts
+        there: no process of the command ever runs outside it."""
+        if self.path is not None:
+            _write(os.path.join(self.path, "cgroup.procs"), "0")
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is not None and self._owner is not None:
             _write(os.path.join(self._owner.root, "cgroup.procs"), "0")
 
     def kill(self, leader: int) -> None:
         """SIGKILL every process of the command: its cgroup, and its session in any case."""
         if self.path is not None:
-            with contextlib.suppress(OSError):
+            try:
                 _write(os.path.join(self.path, "cgroup.kill"), "1")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(leader, signal.SIGKILL)
+            except OSError as exc:
+                log(f"cgroup.kill failed: {exc}")
+        _kill(leader, group=True)
         if self.path is None:
             for pid in _session_members(leader):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                _kill(pid)
 
     def remove(self) -> None:
         if self.path is not None and self._owner is not None:
@@ -103,7 +98,7 @@ class Cgroups:
     def create(self, name: str) -> Cgroup:
         if not self.available:
             return Cgroup()
-        safe = re.sub(r"[^A-Za-z0-9-]", "", name)[:40]
+        safe = "".join(c for c in name if c.isascii() and (c.isalnum() or c == "-"))[:40]
         path = os.path.join(self._base, f"{next(self._numbers)}-{safe}")
         try:
             os.mkdir(path)
@@ -126,6 +121,16 @@ class Cgroups:
             self._lingering.discard(path)
             self.remove(path)
         self._loop.call_later(SWEEP_SECONDS, self._sweep)
+
+
+def _kill(pid: int, *, group: bool = False) -> None:
+    try:
+        if group:
+            os.killpg(pid, signal.SIGKILL)
+        else:
+            os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # gone already
 
 
 def _session_members(session: int) -> list[int]:
@@ -198,7 +203,7 @@ class Ping(Stream):
             {
                 "pong": {
                     "time_ns": time.time_ns(),
-                    "hostname": socket.gethostname(),
+                    "hostname": os.uname().nodename,
                     "streams": len(connection.streams),
                 }
             }
@@ -236,9 +241,9 @@ def _reseed(seed: bytes) -> None:
 
 
 def _set_hostname(name: str) -> None:
-    if not HOSTNAME_PATTERN.match(name):
+    if not 0 < len(name) <= HOSTNAME_MAX or not set(name) <= HOSTNAME_CHARACTERS:
         raise ValueError(f"not a hostname: {name!r}")
-    socket.sethostname(name)
+    _write("/proc/sys/kernel/hostname", name)
     _replace_file("/etc/hostname", f"{name}\n")
     try:
         with open("/etc/hosts") as hosts:
@@ -249,38 +254,39 @@ def _set_hostname(name: str) -> None:
     lines.append(f"127.0.1.1 {name}")
     _replace_file("/etc/hosts", "\n".join(lines) + "\n")
     if os.path.exists("/etc/machine-id"):
-        _replace_file("/etc/machine-id", secrets.token_hex(16) + "\n")
+        _replace_file("/etc/machine-id", os.urandom(16).hex() + "\n")
 
 
 def _replace_file(path: str, text: str) -> None:
     staged = f"{path}.vers-agent"
     with open(staged, "w") as out:
         out.write(text)
-    with contextlib.suppress(OSError):
+    try:
         os.chmod(staged, os.stat(path).st_mode & 0o7777)
+    except OSError:
+        pass  # a new file keeps the default mode
     os.replace(staged, path)
 
 
 def _regenerate_host_keys(loop: Loop) -> None:
-    if not os.path.exists("/usr/bin/ssh-keygen"):
+    keygen = "/usr/bin/ssh-keygen"
+    if not os.path.exists(keygen):
         return
     staged = f"{HOST_KEY}.new"
     for path in (staged, f"{staged}.pub"):
-        with contextlib.suppress(FileNotFoundError):
+        try:
             os.unlink(path)
-    keygen = subprocess.Popen(
-        ["/usr/bin/ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", staged],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    pidfd = os.pidfd_open(keygen.pid)
+        except FileNotFoundError:
+            pass
+    argv = [keygen, "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", staged]
+    pid = os.posix_spawn(keygen, argv, {"PATH": "/usr/bin:/bin"}, setsid=True)
+    pidfd = os.pidfd_open(pid)
 
     def finished(_: int) -> None:
         loop.unwatch(pidfd)
         os.close(pidfd)
-        if keygen.wait() != 0:
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
             log("ssh-keygen failed; the SSH host key stays the parent's")
             return
         os.replace(f"{staged}.pub", f"{HOST_KEY}.pub")

@@ -15,5 +15,6 @@ def create_driver(settings: Settings) -> VmDriver:
             runtime_dir=settings.vm_runtime_dir,
             images_dir=settings.effective_images_dir,
             accelerator=settings.vm_accelerator,
+            guest_aslr=settings.vm_guest_aslr,
         )
     )

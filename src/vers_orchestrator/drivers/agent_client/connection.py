@@ -35,9 +35,9 @@ class AgentStream:
         self._connection = connection
         self.id = stream_id
         self._frames: asyncio.Queue[Frame | GuestAgentError] = asyncio.Queue()
-        self._credit = {channel: protocol.WINDOW for channel in Channel}
+        self._credit = {channel: protocol.WINDOW for channel in Channel.ALL}
         self._credit_changed = asyncio.Event()
-        self._unacknowledged = {channel: 0 for channel in Channel}
+        self._unacknowledged = {channel: 0 for channel in Channel.ALL}
         # True once the agent has said anything: it has read the request.
         self.acknowledged = False
         self.closed = False
@@ -52,7 +52,7 @@ class AgentStream:
             self._frames.put_nowait(item)  # every later call fails the same way
             raise item
         if item.type == FrameType.DATA:
-            channel = Channel(item.flags)
+            channel = item.channel()
             self._unacknowledged[channel] += len(item.payload)
             if self._unacknowledged[channel] >= protocol.CREDIT_BATCH and not self.closed:
                 amount, self._unacknowledged[channel] = self._unacknowledged[channel], 0
@@ -68,7 +68,7 @@ class AgentStream:
             raise GuestAgentError(f"guest agent: expected a message, got frame type {frame.type}")
         return frame.json()
 
-    async def send(self, channel: Channel, data: bytes) -> None:
+    async def send(self, channel: int, data: bytes) -> None:
         """Send `data`, waiting for credit as needed."""
         view = memoryview(data)
         while view:
@@ -85,7 +85,7 @@ class AgentStream:
             )
             view = view[size:]
 
-    async def end(self, channel: Channel) -> None:
+    async def end(self, channel: int) -> None:
         await self._connection.write(protocol.encode(FrameType.END, self.id, b"", channel))
 
     async def cancel(self) -> None:
@@ -98,7 +98,7 @@ class AgentStream:
     def _deliver(self, frame: Frame) -> None:
         self.acknowledged = True
         if frame.type == FrameType.CREDIT:
-            self._credit[Channel(frame.flags)] += frame.credit()
+            self._credit[frame.channel()] += frame.credit()
             self._credit_changed.set()
         else:
             self._frames.put_nowait(frame)
@@ -199,7 +199,9 @@ class AgentConnection:
                     raise GuestAgentError("guest agent connection closed")
                 for frame in self._decoder.feed(data):
                     self._dispatch(frame)
-                if self._decoder.skipped:
+                # Skipped bytes are an agent that restarted (FLUSH, then its HELLO) or a
+                # corrupt stream: which one, the next frame tells.
+                if self._decoder.skipped > len(protocol.FLUSH):
                     raise GuestAgentError("guest agent sent bytes that are not frames")
         except GuestAgentError as exc:
             self._break(exc)
@@ -209,6 +211,8 @@ class AgentConnection:
     def _dispatch(self, frame: Frame) -> None:
         if frame.type == FrameType.HELLO:
             raise GuestAgentError("the guest agent restarted")
+        if self._decoder.skipped:
+            raise GuestAgentError("guest agent sent bytes that are not frames")
         stream = self._streams.get(frame.stream)
         if stream is not None:
             stream._deliver(frame)

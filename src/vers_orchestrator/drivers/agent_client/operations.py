@@ -14,7 +14,7 @@ from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from vers_orchestrator.agent.protocol import Channel, FrameType
+from vers_orchestrator.agent.protocol import STREAM_NAMES, Channel, FrameType
 from vers_orchestrator.drivers.agent_client.connection import AgentConnection, AgentStream
 from vers_orchestrator.drivers.base import (
     ExecRequest,
@@ -30,7 +30,6 @@ from vers_orchestrator.drivers.base import (
 # An exec with a timeout is killed by the agent at the deadline; the host gives up waiting
 # for its answer this much later.
 EXEC_ANSWER_GRACE_SECONDS = 30.0
-STREAM_NAMES = {Channel.STDOUT: "stdout", Channel.STDERR: "stderr"}
 
 
 def _raise_for(
@@ -53,7 +52,7 @@ def _raise_for(
 
 
 async def _send_all(
-    stream: AgentStream, channel: Channel, source: bytes | AsyncIterable[bytes]
+    stream: AgentStream, channel: int, source: bytes | AsyncIterable[bytes]
 ) -> None:
     if isinstance(source, bytes):
         await stream.send(channel, source)
@@ -120,7 +119,7 @@ async def run_command(
             except TimeoutError:
                 raise GuestAgentError("the guest agent did not report the command's end") from None
             if frame.type == FrameType.DATA:
-                channel = Channel(frame.flags)
+                channel = frame.channel()
                 if sink is not None:
                     await sink(STREAM_NAMES[channel], frame.payload)
                 else:

@@ -50,7 +50,9 @@ log = logging.getLogger(__name__)
 
 MIB = 1024 * 1024
 SSH_USER = "root"
+# Also waits (up to 10 s) for sshd, which a just-booted guest starts after its agent.
 SSH_KEY_SCRIPT = """set -e
+for attempt in $(seq 100); do [ -s /run/sshd.pid ] && break; sleep 0.1; done
 umask 077
 mkdir -p /root/.ssh
 rm -f /run/vers-orchestrator-key /run/vers-orchestrator-key.pub

@@ -54,6 +54,16 @@ class QemuDriverConfig:
     qemu_binary: str = "qemu-system-x86_64"
     # Under TCG on two busy cores a boot took 3-8 s; leave room for a loaded CI machine.
     boot_timeout_seconds: float = 180.0
+    # Address space randomization in guests: "auto" is off under TCG (see NO_ASLR), on
+    # under KVM; "on" or "off" forces it.
+    guest_aslr: str = "auto"
+
+
+# Under TCG a translated block of guest code is found again by its virtual address, so with
+# every process mapping ld.so and libc at random addresses each new process translates them
+# anew: exec of `true` took 20 ms with randomization and 8 ms without (bench/README.md).
+# Under KVM randomization costs nothing and stays on.
+NO_ASLR = ("norandmaps",)
 
 
 class VmHost:
@@ -67,6 +77,11 @@ class VmHost:
             )
         self.layout.create_directories()
         self.accelerator: Accelerator = choose_accelerator(config.accelerator)
+        aslr = config.guest_aslr
+        if aslr not in ("auto", "on", "off"):
+            raise DriverError("guest_aslr must be auto, on or off")
+        without_aslr = aslr == "off" or (aslr == "auto" and self.accelerator.name == "tcg")
+        self.kernel_args = (*self.accelerator.kernel_args, *(NO_ASLR if without_aslr else ()))
         self._locks: dict[str, asyncio.Lock] = {}
         self._states: dict[str, VmState] = {}
         self.files_lock = asyncio.Lock()
@@ -154,6 +169,7 @@ class VmHost:
             self.layout.runtime(vm_id),
             qemu_binary=self.config.qemu_binary,
             accelerator=self.accelerator,
+            kernel_args=self.kernel_args,
             pidfile=self.layout.pidfile(vm_id),
             incoming=incoming,
             serial_log=self.layout.serial_log(vm_id),

@@ -35,20 +35,23 @@ def qemu_argv(
     *,
     qemu_binary: str,
     accelerator: Accelerator,
+    kernel_args: tuple[str, ...],
     pidfile: Path,
     incoming: bool,
     serial_log: Path | None = None,
     qemu_log: Path | None = None,
     ssh_port: int | None = None,
 ) -> list[str]:
-    """The command line; a restore must use the same machine, devices and RAM size."""
+    """The command line; a restore must use the same machine, devices and RAM size.
+    `kernel_args` come after KERNEL_ARGS (a restored guest ignores them: it booted long ago).
+    """
     mem = f"{record.spec.mem_mib}M"
     share = "on" if record.ram_shared else "off"
     netdev = "user,id=net0,restrict=on"
     if ssh_port is not None:
         netdev += f",hostfwd=tcp:127.0.0.1:{ssh_port}-:22"
     serial = f"file,id=serial0,path={_opt(serial_log)}" if serial_log else "null,id=serial0"
-    cmdline = " ".join((*KERNEL_ARGS, *accelerator.kernel_args))
+    cmdline = " ".join((*KERNEL_ARGS, *kernel_args))
     argv = [
         qemu_binary,
         "-name", f"vers-orchestrator-{record.vm_id}",

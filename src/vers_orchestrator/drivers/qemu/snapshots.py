@@ -189,6 +189,7 @@ class Snapshots:
                 helper,
                 qemu_binary=host.config.qemu_binary,
                 accelerator=host.accelerator,
+                kernel_args=host.kernel_args,
                 pidfile=helper / "qemu.pid",
                 incoming=True,
             )
