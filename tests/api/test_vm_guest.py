@@ -292,6 +292,27 @@ class TestFiles:
             time.sleep(0.2)
         guest.shell("rm /root/big.bin")
 
+    def test_an_upload_cut_short_leaves_the_old_file(self, guest: Guest) -> None:
+        guest.shell("echo old > /root/kept.txt")
+
+        def cut_short() -> Iterator[bytes]:
+            for _ in range(8):
+                yield bytes(MIB)
+            raise ConnectionResetError("the client went away")
+
+        with guest.client() as client, pytest.raises(ConnectionResetError):
+            client.put(
+                f"/api/v1/vm/{guest.vm_id}/files",
+                params={"path": "/root/kept.txt"},
+                content=cut_short(),
+                headers={"content-type": "application/octet-stream"},
+            )
+        deadline = time.monotonic() + 30
+        while guest.shell("ls -A /root | grep -c '^.kept.txt.vers-' || :") != "0\n":
+            assert time.monotonic() < deadline, "the partial upload was not removed"
+            time.sleep(0.2)
+        assert guest.shell("cat /root/kept.txt") == "old\n"
+
     def test_raw_uploads_take_mode_and_create_dirs(self, guest: Guest) -> None:
         url = f"/api/v1/vm/{guest.vm_id}/files"
         headers = {"content-type": "application/octet-stream"}

@@ -18,7 +18,7 @@ UPSTREAM = SHARED_SPEC / "upstream-openapi.json"
 # `/api/v1/vms` repeats `GET /api/v1/vm` under the same operation id; we serve it unlisted.
 SKIPPED = {"/api/v1/vms", "/api/v1/vm/commits/{commit_id}/parents"}
 
-pytestmark = pytest.mark.skipif(
+needs_upstream = pytest.mark.skipif(
     not UPSTREAM.exists(),
     reason="the upstream contract lives in ../shared, which a clone does not have",
 )
@@ -44,6 +44,7 @@ def documents(server: Server) -> tuple[dict[str, Any], dict[str, Any]]:
     return ours, json.loads(UPSTREAM.read_text())
 
 
+@needs_upstream
 @pytest.mark.parametrize(("method", "path"), _upstream_operations())
 def test_operation_covers_upstream(
     documents: tuple[dict[str, Any], dict[str, Any]], method: str, path: str
@@ -60,3 +61,30 @@ def test_operation_covers_upstream(
     assert {p["name"] for p in theirs.get("parameters", [])} <= {
         p["name"] for p in mine.get("parameters", [])
     }
+
+
+@pytest.fixture(scope="module")
+def ours(server: Server) -> dict[str, Any]:
+    with server.client() as client:
+        document: dict[str, Any] = client.get("/openapi.json").json()
+    return document
+
+
+class TestOurExtensions:
+    """What we document beyond the contract; these need no ../shared."""
+
+    @pytest.mark.parametrize("path", ["/exec/stream", "/exec/stream/attach"])
+    def test_exec_streams_are_ndjson(self, ours: dict[str, Any], path: str) -> None:
+        ok = ours["paths"][f"/api/v1/vm/{{vm_id}}{path}"]["post"]["responses"]["200"]
+        assert list(ok["content"]) == ["application/x-ndjson"]
+
+    def test_files_are_also_raw_bytes(self, ours: dict[str, Any]) -> None:
+        files = ours["paths"]["/api/v1/vm/{vm_id}/files"]
+        binary = {"schema": {"type": "string", "format": "binary"}}
+        assert files["get"]["responses"]["200"]["content"]["application/octet-stream"] == binary
+        assert files["put"]["requestBody"]["content"]["application/octet-stream"] == binary
+        assert {"path", "mode", "create_dirs"} <= {p["name"] for p in files["put"]["parameters"]}
+
+    def test_exec_replies_say_what_they_cut(self, ours: dict[str, Any]) -> None:
+        reply = ours["components"]["schemas"]["VmExecResponse"]["properties"]
+        assert {"stdout_truncated", "stderr_truncated", "timed_out"} <= set(reply)
