@@ -40,6 +40,7 @@ bench: install
 	$(BIN)/python bench/bench_create.py
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/driver_bench.py
+	$(BIN)/python bench/guest_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -103,7 +103,12 @@ class Target:
         raise RuntimeError(f"{self.name} did not start: {log.read_text()[-2000:]}")
 
     def stop(self) -> None:
+        """Delete every VM of the bench (VMs outlive their server), then stop the server."""
         if self.process is not None:
+            if self.process.poll() is None:
+                with self.client() as client:
+                    for vm in client.get("/api/v1/vm").json():
+                        client.delete(f"/api/v1/vm/{vm['vm_id']}")
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=120)
         shutil.rmtree(self.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"], ignore_errors=True)

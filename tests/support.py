@@ -230,5 +230,21 @@ def sdk_call(
     return asyncio.run(run())
 
 
+def qemu_processes(marker: str) -> list[int]:
+    """Live (not zombie) QEMU processes whose command line mentions `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if b"qemu-system" in cmdline and marker.encode() in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
+
+
 def error(message: str) -> dict[str, Any]:
     return {"success": False, "error": message}

@@ -11,6 +11,7 @@ import base64
 import hashlib
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -24,7 +25,16 @@ import pytest
 from vers_sdk.errors import APIError
 from vers_sdk.models import CreateNewRootVmParams, ReadFileVmParams
 
-from tests.support import IMAGES_DIR, Backend, Key, Server, error, make_key, sdk_call
+from tests.support import (
+    IMAGES_DIR,
+    Backend,
+    Key,
+    Server,
+    error,
+    make_key,
+    qemu_processes,
+    sdk_call,
+)
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
 
 pytestmark = pytest.mark.slow
@@ -78,13 +88,18 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
         shared.vm_id = created["vm_id"]
         yield shared
     finally:
+        runtime_dir = backend.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
         try:
             with shared.client() as client:
                 for vm in client.get("/api/v1/vm").json():
                     client.delete(f"/api/v1/vm/{vm['vm_id']}")
         finally:
             server.stop()
+            leftovers = qemu_processes(runtime_dir)
+            for pid in leftovers:
+                os.kill(pid, signal.SIGKILL)
             backend.drop()
+        assert leftovers == [], "VMs outlived the module"
 
 
 def _running(guest: Guest, pattern: str) -> int:

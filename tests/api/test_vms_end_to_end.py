@@ -26,7 +26,16 @@ from vers_sdk.errors import APIError
 from vers_sdk.models import BranchByRefParams, CreateNewRootVmParams, ReadFileVmParams
 
 from tests.factories import make_commit
-from tests.support import IMAGES_DIR, Backend, Key, Server, make_key, sdk_call, unique_name
+from tests.support import (
+    IMAGES_DIR,
+    Backend,
+    Key,
+    Server,
+    make_key,
+    qemu_processes,
+    sdk_call,
+    unique_name,
+)
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
 
 pytestmark = pytest.mark.slow
@@ -60,21 +69,6 @@ class Story:
         return Path(self.backend.env["VERS_ORCHESTRATOR_DATA_DIR"]) / "vm-state"
 
 
-def _qemu_processes(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if b"qemu-system" in cmdline and marker.encode() in cmdline and state != "Z":
-            found.append(int(entry.name))
-    return found
-
-
 def _delete_everything(story: Story) -> None:
     for key in (story.owner, story.other):
         with story.server.client(key.token) as client:
@@ -101,7 +95,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Story]:
                 _delete_everything(shared)
         finally:
             shared.server.stop()
-            leftovers = _qemu_processes(shared.runtime_dir())
+            leftovers = qemu_processes(shared.runtime_dir())
             for pid in leftovers:
                 os.kill(pid, signal.SIGKILL)
             backend.drop()
@@ -340,7 +334,7 @@ def test_a_fork_that_fails_late_leaves_nothing_behind(story: Story) -> None:
     forker = make_key(story.backend)
     snapshots = story.state_dir() / "commits"
     snapshots_before = sorted(path.name for path in snapshots.iterdir())
-    processes_before = len(_qemu_processes(story.runtime_dir()))
+    processes_before = len(qemu_processes(story.runtime_dir()))
     body = {"source_org": story.owner.org_name, "source_repo": story.repo, "source_tag": "v1"}
     answers: list[httpx.Response] = []
 
@@ -376,7 +370,7 @@ def test_a_fork_that_fails_late_leaves_nothing_behind(story: Story) -> None:
         kept = client.get(f"/api/v1/repositories/{story.repo}/tags/v1").json()
         assert kept["commit_id"] == mine.commit_id
     assert sorted(path.name for path in snapshots.iterdir()) == snapshots_before
-    assert len(_qemu_processes(story.runtime_dir())) == processes_before
+    assert len(qemu_processes(story.runtime_dir())) == processes_before
 
 
 def test_from_commit_by_public_reference(story: Story) -> None:
@@ -419,7 +413,7 @@ def test_a_vm_half_made_when_the_server_died_is_removed_at_start(story: Story) -
         assert client.get(f"/api/v1/vm/{vm_id}/status").status_code == 404
         listed = [vm["vm_id"] for vm in client.get("/api/v1/vm").json()]
     assert listed == [story.values["root"]]
-    assert not [pid for pid in _qemu_processes(vm_id)]
+    assert not [pid for pid in qemu_processes(vm_id)]
     assert not (story.state_dir() / "vms" / vm_id).exists()
 
 
@@ -439,6 +433,6 @@ def test_ssh_key_and_disk_growth(story: Story) -> None:
 def test_deleting_the_last_vm_leaves_no_process(story: Story) -> None:
     story.sdk(story.owner, lambda c: c.delete_vm(story.values["root"]))
     assert story.sdk(story.owner, lambda c: c.list_vms()) == []
-    assert _qemu_processes(story.runtime_dir()) == []
+    assert qemu_processes(story.runtime_dir()) == []
     with httpx.Client(base_url=story.server.base_url) as client:
         assert client.get("/health").status_code == 200

@@ -237,18 +237,22 @@ class Exec(Stream):
         self._take(pipe, data)
 
     def _take(self, pipe: OutputPipe, data: bytes) -> None:
+        kept = self._within_limit(pipe, data)
+        if kept:
+            self.send_data(pipe.channel, kept)
+
+    def _within_limit(self, pipe: OutputPipe, data: bytes) -> bytes:
+        """What of `data` goes to the host (counted as sent); the rest is only counted."""
         pipe.total += len(data)
         if not self._sending(pipe):
             if self.open and pipe.limit is not None and self._exit is None:
                 pipe.truncated = True
-            return
-        if pipe.limit is not None:
-            room = pipe.limit - pipe.sent
-            if len(data) > room:
-                pipe.truncated = True
-                data = data[:room]
+            return b""
+        if pipe.limit is not None and len(data) > pipe.limit - pipe.sent:
+            pipe.truncated = True
+            data = data[: pipe.limit - pipe.sent]
         pipe.sent += len(data)
-        self.send_data(pipe.channel, data)
+        return data
 
     def _close_pipe(self, pipe: OutputPipe) -> None:
         if pipe.fd is not None:
@@ -359,17 +363,7 @@ class Exec(Stream):
             if not data:
                 self._close_pipe(pipe)
                 return
-            pipe.total += len(data)
-            if self._sending(pipe):
-                if pipe.limit is not None:
-                    room = pipe.limit - pipe.sent
-                    if len(data) > room:
-                        pipe.truncated = True
-                        data = data[:room]
-                    pipe.sent += len(data)
-                pipe.held += data
-            elif self.open and pipe.limit is not None:
-                pipe.truncated = True
+            pipe.held += self._within_limit(pipe, data)
 
     def _send_held(self) -> None:
         """After the exit: what the command wrote, as credit allows, then the exit itself."""

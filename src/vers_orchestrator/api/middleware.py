@@ -115,7 +115,7 @@ class ApiMiddleware:
             scope["auth"] = principal
             context.api_key_id = principal.api_key_id
         raw = handler.opt.get(RAW)
-        if raw is not None and raw.wants(headers):
+        if raw is not None and scope["method"] != "HEAD" and raw.wants(headers):
             await raw(scope, receive, send)
             return
         body_parameter = handler.parsed_fn_signature.parameters.get("data")

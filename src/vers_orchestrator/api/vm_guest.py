@@ -46,6 +46,7 @@ from vers_orchestrator.schemas.vms import (
     VmSshKeyResponse,
     VmWriteFileRequest,
 )
+from vers_orchestrator.services.vms.guest import Command
 
 log = logging.getLogger("vers_orchestrator.api")
 
@@ -55,6 +56,17 @@ _GUEST_ERRORS = {400: "Invalid request", 409: "VM not running", **ERRORS}
 
 
 # ------------------------------------------------------------------------ exec
+
+
+def _command(data: VmExecRequest) -> Command:
+    return Command(
+        argv=data.command,
+        env=data.env,
+        working_dir=data.working_dir,
+        stdin=(data.stdin or "").encode(),
+        timeout_seconds=data.timeout_secs,
+        exec_id=data.exec_id,
+    )
 
 
 @post(
@@ -68,16 +80,7 @@ _GUEST_ERRORS = {400: "Invalid request", 409: "VM not running", **ERRORS}
     responses=authenticated_responses(_GUEST_ERRORS),
 )
 async def exec_vm(request: AnyRequest, vm_id: VmId, data: VmExecRequest) -> VmExecResponse:
-    outcome = await vms(request).guest.exec(
-        principal(request),
-        vm_id,
-        data.command,
-        data.env,
-        data.working_dir,
-        (data.stdin or "").encode(),
-        data.timeout_secs,
-        data.exec_id,
-    )
+    outcome = await vms(request).guest.exec(principal(request), vm_id, _command(data))
     return VmExecResponse(
         exec_id=outcome.exec_id,
         exit_code=outcome.exit_code,
@@ -102,16 +105,7 @@ async def exec_vm(request: AnyRequest, vm_id: VmId, data: VmExecRequest) -> VmEx
 )
 async def exec_vm_stream(request: AnyRequest, vm_id: VmId, data: VmExecRequest) -> Stream:
     guest = vms(request).guest
-    stream = await guest.exec_stream(
-        principal(request),
-        vm_id,
-        data.command,
-        data.env,
-        data.working_dir,
-        (data.stdin or "").encode(),
-        data.timeout_secs,
-        data.exec_id,
-    )
+    stream = await guest.exec_stream(principal(request), vm_id, _command(data))
     return Stream(
         guest.stream_lines(stream, 0),
         media_type=NDJSON,

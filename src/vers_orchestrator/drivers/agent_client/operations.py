@@ -224,6 +224,18 @@ async def write_file(
         await stream.cancel()
 
 
+async def _ask(connection: AgentConnection, request: dict[str, Any], answer: str) -> dict[str, Any]:
+    """A request with one answer: the `answer` part of the agent's reply."""
+    stream = await connection.open(request)
+    try:
+        reply = await stream.message()
+        _raise_for(reply)
+        part: dict[str, Any] = reply[answer]
+        return part
+    finally:
+        await stream.cancel()
+
+
 async def refresh(
     connection: AgentConnection,
     *,
@@ -235,31 +247,16 @@ async def refresh(
 ) -> dict[str, Any]:
     """Set the guest's clock to `time_ns` (or bring it towards `sync_ns` gently), reseed its
     RNG, rename it, renew its SSH host keys; nanoseconds since the epoch, host time."""
-    stream = await connection.open(
-        {
-            "op": "refresh",
-            "time_ns": time_ns,
-            "sync_ns": sync_ns,
-            "seed": None if seed is None else seed.hex(),
-            "hostname": hostname,
-            "host_keys": host_keys,
-        }
-    )
-    try:
-        reply = await stream.message()
-        _raise_for(reply)
-        done: dict[str, Any] = reply["done"]
-        return done
-    finally:
-        await stream.cancel()
+    request = {
+        "op": "refresh",
+        "time_ns": time_ns,
+        "sync_ns": sync_ns,
+        "seed": None if seed is None else seed.hex(),
+        "hostname": hostname,
+        "host_keys": host_keys,
+    }
+    return await _ask(connection, request, "done")
 
 
 async def ping(connection: AgentConnection) -> dict[str, Any]:
-    stream = await connection.open({"op": "ping"})
-    try:
-        reply = await stream.message()
-        _raise_for(reply)
-        pong: dict[str, Any] = reply["pong"]
-        return pong
-    finally:
-        await stream.cancel()
+    return await _ask(connection, {"op": "ping"}, "pong")

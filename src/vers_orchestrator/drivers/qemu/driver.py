@@ -153,7 +153,7 @@ class QemuDriver:
         host = self._host
         async with host.lock(vm_id):
             host.load_vm(vm_id)
-            await self._guests.disconnect(vm_id)
+            await self._guests.forget(vm_id)
             await host.destroy(vm_id)
         host.forget(vm_id)
         await host.collect_files()

@@ -83,6 +83,11 @@ class Guests:
         if connection is not None:
             await connection.close()
 
+    async def forget(self, vm_id: str) -> None:
+        """The VM is gone: drop its connection and what was kept for it."""
+        await self.disconnect(vm_id)
+        self._connecting.pop(vm_id, None)
+
     async def close(self) -> None:
         if self._clock_keeper is not None:
             self._clock_keeper.cancel()

@@ -252,7 +252,7 @@ class Snapshots:
             # All or nothing: the caller recorded all ids and retries all of them.
             for vm_id, outcome in zip(new_vm_ids, outcomes, strict=True):
                 if not isinstance(outcome, BaseException):
-                    await self._guests.disconnect(vm_id)
+                    await self._guests.forget(vm_id)
                     await host.destroy(vm_id)
                     host.forget(vm_id)
             await host.collect_files()

@@ -50,6 +50,20 @@ OUTPUT_LIMIT = driver_api.DEFAULT_OUTPUT_LIMIT
 
 
 @dataclass(frozen=True, slots=True)
+class Command:
+    """What to run, as the exec routes take it."""
+
+    argv: Sequence[str]
+    env: dict[str, str] | None = None
+    working_dir: str | None = None
+    stdin: bytes = b""
+    # Seconds; None or 0: no timeout.
+    timeout_seconds: int | None = None
+    # The caller's id for the exec (a UUID), else one is made.
+    exec_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExecOutcome:
     exec_id: str
     exit_code: int
@@ -89,26 +103,19 @@ class Guest:
     # -- exec -------------------------------------------------------------------------
 
     async def _prepare(
-        self,
-        principal: Principal,
-        vm_id: str,
-        command: Sequence[str],
-        env: dict[str, str] | None,
-        working_dir: str | None,
-        stdin: bytes,
-        timeout_seconds: int | None,
-        exec_id: str | None,
+        self, principal: Principal, vm_id: str, command: Command
     ) -> tuple[Vm, driver_api.ExecRequest, ExecStream]:
-        if not command:
+        env = command.env or {}
+        if not command.argv:
             raise BadRequest("command must not be empty")
-        for part in (*command, *(env or {}).keys(), *(env or {}).values(), working_dir or ""):
+        for part in (*command.argv, *env.keys(), *env.values(), command.working_dir or ""):
             validate_text("command", part, 1 << 20)
-        for name in env or {}:
+        for name in env:
             if not name or "=" in name:
                 raise BadRequest(f"invalid environment variable name: {name!r}")
         run_id = new_id()
-        if exec_id is not None:
-            canonical = canonical_or_none(exec_id)
+        if command.exec_id is not None:
+            canonical = canonical_or_none(command.exec_id)
             if canonical is None:
                 raise BadRequest("exec_id must be a UUID")
             run_id = canonical
@@ -117,31 +124,19 @@ class Guest:
         if run_id in log.runs:
             raise Conflict("exec_id is already in use")
         request = driver_api.ExecRequest(
-            argv=tuple(command),
-            env=dict(env or {}),
-            working_dir=working_dir or None,
-            stdin=stdin,
-            timeout_seconds=float(timeout_seconds) if timeout_seconds else None,
+            argv=tuple(command.argv),
+            env=dict(env),
+            working_dir=command.working_dir or None,
+            stdin=command.stdin,
+            timeout_seconds=float(command.timeout_seconds) if command.timeout_seconds else None,
             output_limit=OUTPUT_LIMIT,
             name=run_id,
         )
         return vm, request, ExecStream(log.start(run_id, principal.org_id), log)
 
-    async def exec(
-        self,
-        principal: Principal,
-        vm_id: str,
-        command: Sequence[str],
-        env: dict[str, str] | None,
-        working_dir: str | None,
-        stdin: bytes,
-        timeout_seconds: int | None,
-        exec_id: str | None,
-    ) -> ExecOutcome:
-        """Run a command; one that outlives `timeout_seconds` (0: none) is killed (exit 124)."""
-        vm, request, stream = await self._prepare(
-            principal, vm_id, command, env, working_dir, stdin, timeout_seconds, exec_id
-        )
+    async def exec(self, principal: Principal, vm_id: str, command: Command) -> ExecOutcome:
+        """Run a command; one that outlives its timeout is killed (exit 124)."""
+        vm, request, stream = await self._prepare(principal, vm_id, command)
         run, log = stream.run, stream.log
         try:
             async with self._context.driver_call(vm.vm_id, "run the command"):
@@ -165,25 +160,13 @@ class Guest:
             result.timed_out,
         )
 
-    async def exec_stream(
-        self,
-        principal: Principal,
-        vm_id: str,
-        command: Sequence[str],
-        env: dict[str, str] | None,
-        working_dir: str | None,
-        stdin: bytes,
-        timeout_seconds: int | None,
-        exec_id: str | None,
-    ) -> ExecStream:
+    async def exec_stream(self, principal: Principal, vm_id: str, command: Command) -> ExecStream:
         """Start a command whose output a client reads, and may re-attach to, as it comes.
 
         The command runs to its end whether or not anyone reads; its chunks go to the
         VM's exec log as they arrive.
         """
-        vm, request, stream = await self._prepare(
-            principal, vm_id, command, env, working_dir, stdin, timeout_seconds, exec_id
-        )
+        vm, request, stream = await self._prepare(principal, vm_id, command)
         run, log = stream.run, stream.log
         context = self._context
 
