@@ -221,6 +221,17 @@ class VmOperationFailed(InternalError):
 
 
 # 503
+class BadGateway(VersError):
+    status_code = 502
+
+
+class GuestUnavailable(BadGateway):
+    """The agent inside the VM stopped answering or restarted: what it did is unknown."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"the VM's agent is not answering: {reason}")
+
+
 class DatabaseUnavailable(VersError):
     status_code = 503
     message = "database unavailable"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -22,8 +23,17 @@ import pytest
 from vers_orchestrator.agent import protocol
 from vers_orchestrator.agent.protocol import FrameType
 from vers_orchestrator.drivers.agent_client import operations
-from vers_orchestrator.drivers.agent_client.connection import AgentConnection
-from vers_orchestrator.drivers.base import ExecRequest, GuestAgentError, InvalidRequest
+from vers_orchestrator.drivers.agent_client.connection import (
+    AgentConnection,
+    AgentStream,
+    Timeouts,
+)
+from vers_orchestrator.drivers.base import (
+    AgentUnavailable,
+    ExecRequest,
+    GuestAgentError,
+    InvalidRequest,
+)
 
 
 class LocalAgent:
@@ -186,5 +196,97 @@ def test_a_timeout_without_cgroups_still_kills_the_session() -> None:
             )
             assert await found.communicate() == (b"", None)
             await connection.close()
+
+    run(check)
+
+
+def test_a_request_larger_than_a_frame_goes_in_pieces() -> None:
+    # Above a frame's payload, below Linux's 128 KiB limit for one argument.
+    argument = "x" * (protocol.MAX_PAYLOAD + 50_000)
+
+    async def check() -> None:
+        async with agent() as local:
+            connection = await local.connect()
+            result = await operations.run_command(
+                connection, ExecRequest(argv=("sh", "-c", 'printf %s "$0" | wc -c', argument))
+            )
+            assert result.stdout == f"{len(argument)}\n".encode()
+            await connection.close()
+
+    run(check)
+
+
+def test_an_agent_that_stops_answering_is_found_out() -> None:
+    async def check() -> None:
+        async with agent() as local:
+            reader, writer = await asyncio.open_connection(sock=local.host_end.dup())
+            quick = Timeouts(reply_seconds=2.0, heartbeat_seconds=0.5, ping_seconds=0.5)
+            connection = await AgentConnection.start(reader, writer, 10.0, quick)
+            running = asyncio.ensure_future(
+                operations.run_command(connection, ExecRequest(argv=("sleep", "30")))
+            )
+            await asyncio.sleep(0.5)
+            assert local.process is not None
+            local.process.send_signal(signal.SIGSTOP)
+            try:
+                with pytest.raises(AgentUnavailable, match="stopped answering"):
+                    await asyncio.wait_for(running, 10)
+            finally:
+                local.process.send_signal(signal.SIGCONT)
+            await connection.close()
+
+    run(check)
+
+
+async def _read_all(stream: AgentStream) -> None:
+    while (await stream.next(1.0)).type != FrameType.CLOSE:
+        pass
+
+
+async def _flooding_agent(guest: socket.socket) -> None:
+    """A peer that answers the handshake, then sends output far beyond its credit."""
+    loop = asyncio.get_running_loop()
+    decoder = protocol.FrameDecoder()
+    while True:
+        frames = decoder.feed(await loop.sock_recv(guest, 65536))
+        hello = next((frame for frame in frames if frame.type == FrameType.HELLO), None)
+        opened = next((frame for frame in frames if frame.type == FrameType.OPEN), None)
+        if hello is not None:
+            answer = {"version": 1, "session": hello.json()["session"]}
+            await loop.sock_sendall(guest, protocol.encode_json(FrameType.HELLO, 0, answer))
+        if opened is not None:
+            started = {"started": {"pid": 1}}
+            await loop.sock_sendall(
+                guest, protocol.encode_json(FrameType.MESSAGE, opened.stream, started)
+            )
+            chunk = protocol.encode(FrameType.DATA, opened.stream, bytes(65536), 1)
+            try:
+                for _ in range(64):  # 4 MiB, four times the window
+                    await loop.sock_sendall(guest, chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the host hung up on it, as it should
+            return
+
+
+def test_an_agent_that_sends_beyond_its_credit_breaks_its_connection() -> None:
+    async def check() -> None:
+        host, guest = socket.socketpair()
+        guest.setblocking(False)
+        try:
+            peer = asyncio.ensure_future(_flooding_agent(guest))
+            reader, writer = await asyncio.open_connection(sock=host)
+            connection = await AgentConnection.start(reader, writer, 10.0)
+            # Nobody reads the output meanwhile: the host must not buffer it.
+            stream = await connection.open({"op": "exec", "argv": ["yes"]})
+            await peer
+            await asyncio.sleep(0.2)
+            assert str(connection.broken) == (
+                "the guest agent sent more data than it had credit for"
+            )
+            with pytest.raises(AgentUnavailable, match="more data than it had credit for"):
+                await _read_all(stream)
+            await connection.close()
+        finally:
+            guest.close()
 
     run(check)

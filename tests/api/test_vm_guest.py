@@ -191,6 +191,59 @@ class TestExec:
         )
         assert guest.exec(["pwd"])["stdout"] == "/root\n"
 
+    def test_a_streamed_exec_that_cannot_start_is_a_json_error_and_frees_its_id(
+        self, guest: Guest
+    ) -> None:
+        exec_id = str(uuid.uuid4())
+        stream_url = f"/api/v1/vm/{guest.vm_id}/exec/stream"
+        with guest.client() as client:
+            missing = client.post(
+                stream_url, json={"command": ["pwd"], "working_dir": "/x", "exec_id": exec_id}
+            )
+            guest.sdk(lambda c: c.update_vm_state(guest.vm_id, {"state": "Sleeping"}))
+            try:
+                paused = client.post(stream_url, json={"command": ["pwd"], "exec_id": exec_id})
+            finally:
+                guest.sdk(lambda c: c.update_vm_state(guest.vm_id, {"state": "Running"}))
+            ran = client.post(stream_url, json={"command": ["pwd"], "exec_id": exec_id})
+        assert (missing.status_code, missing.json()) == (
+            400,
+            error("working directory not found: /x"),
+        )
+        assert (paused.status_code, paused.json()) == (409, error("vm is paused"))
+        lines = [json.loads(line) for line in ran.text.splitlines()]
+        assert base64.b64decode(lines[0]["data_b64"]) == b"/root\n"
+        assert lines[-1] == {"type": "exit", "exec_id": exec_id, "exit_code": 0}
+
+    def test_arguments_of_400_kb(self, guest: Guest) -> None:
+        parts = [letter * 100_000 for letter in "abcd"]
+        result = guest.exec(["/bin/sh", "-c", 'echo $#; printf %s "$@" | wc -c', "sh", *parts])
+        assert result["stdout"] == "4\n400000\n"
+
+    def test_commands_that_exhaust_memory_or_processes_leave_the_vm_answering(
+        self, guest: Guest
+    ) -> None:
+        hog = guest.exec(["python3", "-c", "b = [bytearray(1 << 20) for _ in range(1024)]"])
+        bomb = guest.exec(["/bin/sh", "-c", "f() { f | f & }; f; sleep 60"], timeout_secs=5)
+        fill = guest.exec(
+            [
+                "/bin/sh",
+                "-c",
+                "head -c 1G /dev/zero > /dev/shm/fill; head -c 1G /dev/zero > /run/fill",
+            ],
+            timeout_secs=60,
+        )
+        emptied = guest.exec(["rm", "/dev/shm/fill", "/run/fill"])
+        # Killed by the commands' own out-of-memory killer, not the guest's.
+        assert (hog["exit_code"], hog["stderr"]) == (137, "")
+        assert (bomb["exit_code"], bomb["timed_out"]) == (124, True)
+        # tmpfs fills up before the memory commands may use does.
+        assert (fill["exit_code"], fill["stderr"].count("No space left on device")) == (1, 2)
+        assert emptied["exit_code"] == 0
+        # Nothing a command started is left beside the agent, out of its cgroup's reach.
+        beside_agent = guest.shell("cat /sys/fs/cgroup/vers-agent/cgroup.procs | wc -l")
+        assert beside_agent == "1\n"
+
     def test_stdin_of_10_mib(self, guest: Guest) -> None:
         text = "0123456789abcdef" * (10 * MIB // 16)
         result = guest.exec(["sha256sum"], stdin=text)
@@ -376,6 +429,36 @@ class TestFiles:
         )
         assert (null.status_code, null.json()) == (400, error("not a regular file: /dev/null"))
 
+    def test_kernel_files_and_paths_naming_directories_are_not_regular_files(
+        self, guest: Guest
+    ) -> None:
+        url = f"/api/v1/vm/{guest.vm_id}/files"
+        raw = {"accept": "application/octet-stream"}
+        with guest.client() as client:
+            proc = client.get(url, params={"path": "/proc/self/status"})
+            sys_raw = client.get(url, params={"path": "/sys/kernel/mm/ksm/run"}, headers=raw)
+            slash = client.put(url, json={"path": "/root/new-dir/", "content_b64": "eA=="})
+            dot = client.put(
+                url,
+                params={"path": "/root/."},
+                content=b"x",
+                headers={"content-type": raw["accept"]},
+            )
+        assert (proc.status_code, proc.json()) == (
+            400,
+            error("not a regular file: /proc/self/status"),
+        )
+        assert (sys_raw.status_code, sys_raw.json()) == (
+            400,
+            error("not a regular file: /sys/kernel/mm/ksm/run"),
+        )
+        assert (slash.status_code, slash.json()) == (
+            400,
+            error("not a regular file: /root/new-dir/"),
+        )
+        assert (dot.status_code, dot.json()) == (400, error("not a regular file: /root/."))
+        assert guest.shell("test -e /root/new-dir || echo absent") == "absent\n"
+
 
 class TestIdentity:
     def test_branches_have_the_hosts_time_and_names_and_keys_of_their_own(
@@ -425,7 +508,7 @@ class TestLogs:
                 json.loads(line)
                 for line in client.post(attach, json={"exec_id": running}).text.splitlines()
             ]
-            logs = client.get(f"/api/v1/vm/{guest.vm_id}/logs", params={"max_entries": 1000})
+            entries = _all_log_entries(client, guest.vm_id)
         assert replayed == lines
         assert [base64.b64decode(line.get("data_b64", "")) for line in interrupted] == [
             b"begun\n",
@@ -434,12 +517,25 @@ class TestLogs:
             b"",
         ]
         assert interrupted[-1] == {"type": "exit", "exec_id": running, "exit_code": 255}
-        mine = [e for e in logs.json()["entries"] if e["exec_id"] in (finished, running)]
+        mine = [e for e in entries if e["exec_id"] in (finished, running)]
         assert [base64.b64decode(entry["data_b64"]) for entry in mine][:2] == [
             b"kept\n",
             b"begun\n",
         ]
         guest.shell("pkill -x sleep || :")
+
+
+def _all_log_entries(client: httpx.Client, vm_id: str) -> list[Any]:
+    entries: list[Any] = []
+    offset = 0
+    while True:
+        page = client.get(
+            f"/api/v1/vm/{vm_id}/logs", params={"offset": offset, "max_entries": 1000}
+        ).json()
+        entries += page["entries"]
+        if page["eof"]:
+            return entries
+        offset = page["next_offset"]
 
 
 class _RssSampler:

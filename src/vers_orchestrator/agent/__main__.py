@@ -8,7 +8,7 @@ import sys
 
 from . import protocol
 from .connection import Connection, Stream, log
-from .execs import DEFAULT_CWD, Exec
+from .execs import Exec, protect_agent
 from .files import FileRead, FileWrite
 from .loop import Loop
 from .system import CGROUP_ROOT, Cgroups, Ping, Refresh
@@ -62,7 +62,8 @@ def main() -> None:
     # Writes to a pipe whose reader is gone fail with EPIPE instead of killing the agent;
     # subprocess restores the default for the commands it starts.
     signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-    os.chdir(DEFAULT_CWD if os.path.isdir(DEFAULT_CWD) else "/")
+    os.chdir("/")
+    protect_agent()
     loop = Loop()
     cgroups = Cgroups(loop, options["--cgroup-root"])
     if "--fd" in options:

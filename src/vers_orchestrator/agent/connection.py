@@ -127,6 +127,8 @@ class Connection:
         # the host never waits on half a frame.
         self._writing: memoryview | None = None
         self.streams: dict[int, Stream] = {}
+        # Requests that come in several OPEN frames, by stream, until the last one.
+        self._opening: dict[int, bytearray] = {}
         self.session: str | None = None
         loop.watch(self._fd, READ | WRITE | EDGE, self._on_ready)
         loop.before_wait(self._flush)
@@ -205,6 +207,7 @@ class Connection:
 
     def _end_conversation(self) -> None:
         self.session = None
+        self._opening.clear()
         self._urgent.clear()
         self._bulk.clear()
         self._queued.clear()
@@ -281,7 +284,19 @@ class Connection:
                 )
             )
             return
+        opening = self._opening.get(frame.stream)
+        if opening is not None or frame.flags & protocol.MORE:
+            opening = self._opening.setdefault(frame.stream, bytearray())
+            opening += frame.payload
+            if frame.flags & protocol.MORE and len(opening) <= protocol.MAX_REQUEST:
+                return
+            del self._opening[frame.stream]
+            frame = Frame(frame.type, frame.stream, 0, bytes(opening))
         try:
+            if len(frame.payload) > protocol.MAX_REQUEST:
+                raise protocol.ProtocolError(
+                    f"a request takes at most {protocol.MAX_REQUEST} bytes"
+                )
             request = frame.json()
             factory = self._operations.get(str(request.get("op")))
             if factory is None:

@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 NEW_FILE_MODE = 0o644
+# Kernel interfaces: their files say size 0 (or 4096) whatever they hold, and some never
+# end or stall the kernel when read whole (/proc/kcore). Exec reads them.
+KERNEL_FILES = ("/proc/", "/sys/")
 
 
 def _path(request: dict[str, Any]) -> str:
@@ -34,6 +37,13 @@ def _path(request: dict[str, Any]) -> str:
     if not isinstance(path, str) or not path or "\0" in path:
         raise ValueError("path must be a non-empty string without NUL")
     return os.path.join(DEFAULT_CWD, path)
+
+
+def _not_a_file(path: str) -> bool:
+    """A path that names a directory (a trailing "/", "." or "..") or a kernel interface."""
+    if path.endswith("/") or os.path.basename(path) in (".", ".."):
+        return True
+    return os.path.realpath(path).startswith(KERNEL_FILES)
 
 
 def _io_error(stream: Stream, path: str, exc: OSError) -> None:
@@ -52,6 +62,9 @@ class FileRead(Stream):
                 raise ValueError("max_bytes must be a non-negative integer")
         except ValueError as exc:
             self.fail("bad_request", str(exc))
+            return
+        if _not_a_file(path):
+            self.fail("not_regular", f"not a regular file: {path}")
             return
         try:
             # Looked at before opening: opening a device or FIFO can block or have effects.
@@ -147,6 +160,9 @@ class FileWrite(Stream):
                 raise ValueError("mode must be between 0 and 0o7777")
         except ValueError as exc:
             self.fail("bad_request", str(exc))
+            return
+        if _not_a_file(path):
+            self.fail("not_regular", f"not a regular file: {path}")
             return
         try:
             if request.get("create_dirs"):

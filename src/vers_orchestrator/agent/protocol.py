@@ -4,7 +4,8 @@ A frame is a 24-byte header and up to `MAX_PAYLOAD` bytes of payload::
 
     magic   4  b"\\xa5VAG"
     type    1  FrameType
-    flags   1  the channel, for DATA, END and CREDIT frames
+    flags   1  the channel, for DATA, END and CREDIT frames; MORE on all but the last
+               frame of an OPEN too large for one
     -       2  zero
     stream  4  unsigned, big-endian; 0 is the connection itself (HELLO)
     length  4  payload bytes
@@ -48,6 +49,10 @@ CREDIT_BATCH = WINDOW // 4
 FLUSH = bytes(HEADER_SIZE + MAX_PAYLOAD)
 # The virtio-serial port the agent listens on (QEMU `virtserialport name=`).
 PORT_NAME = "org.vers.agent.0"
+# An OPEN larger than a frame is sent in pieces, all but the last flagged MORE; a request
+# may take this much in all (a command line is at most about 2 MiB on Linux).
+MORE = 1
+MAX_REQUEST = 8 * 1024 * 1024
 
 
 class FrameType:
@@ -115,6 +120,18 @@ def encode(frame_type: int, stream: int, payload: bytes = b"", flags: int = 0) -
 
 def encode_json(frame_type: int, stream: int, value: dict[str, Any]) -> bytes:
     return encode(frame_type, stream, json.dumps(value, separators=(",", ":")).encode())
+
+
+def encode_open(stream: int, request: dict[str, Any]) -> bytes:
+    """The OPEN frames of a request, as many as its JSON needs."""
+    payload = json.dumps(request, separators=(",", ":")).encode()
+    if len(payload) > MAX_REQUEST:
+        raise ValueError(f"the request takes {len(payload)} bytes, more than {MAX_REQUEST}")
+    pieces = [payload[i : i + MAX_PAYLOAD] for i in range(0, len(payload), MAX_PAYLOAD)] or [b""]
+    return b"".join(
+        encode(FrameType.OPEN, stream, piece, MORE if number < len(pieces) - 1 else 0)
+        for number, piece in enumerate(pieces)
+    )
 
 
 def encode_credit(stream: int, channel: int, amount: int) -> bytes:

@@ -23,8 +23,21 @@ if TYPE_CHECKING:
 
 CGROUP_ROOT = "/sys/fs/cgroup"
 EXEC_CGROUPS = "vers-exec"
+AGENT_CGROUP = "vers-agent"
+AGENT_MEMORY = 32 * 1024 * 1024
+# Against the commands' 100 (the default): thousands of runnable command processes (a fork
+# bomb) share one hundredth of the CPU whenever the agent wants it.
+AGENT_CPU_WEIGHT = 10000
 # Cgroups of commands whose processes outlived them are removed once empty; checked this often.
 SWEEP_SECONDS = 30.0
+# Kept from commands, for the agent, init, sshd, the kernel and the page cache of what
+# they run: a quarter of the guest's memory, between these two. Files commands leave in
+# tmpfs cannot be reclaimed; measured in a 256 MiB guest, keeping 64 MiB was not enough (the
+# kernel found nothing left to kill and panicked), 96 MiB is.
+RESERVED_MEMORY = 96 * 1024 * 1024
+MAX_RESERVED_MEMORY = 512 * 1024 * 1024
+RESERVED_PIDS = 256
+STRAY_ROUNDS = 16
 RNDRESEEDCRNG = 0x5207
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
 SSHD_PID = "/run/sshd.pid"
@@ -33,6 +46,8 @@ HOSTNAME_CHARACTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTU
 # A clock off by less than this is slewed (adjtime), not stepped: programs never see time
 # jump, backwards least of all. Beyond it the clock is stepped at once.
 MAX_SLEW_NS = 500_000_000
+# Processes the agent runs for itself, beside it in its cgroup.
+_helpers: set[int] = set()
 
 
 class Cgroup:
@@ -42,15 +57,23 @@ class Cgroup:
         self.path = path
         self._owner = owner
 
-    def __enter__(self) -> None:
-        """While inside, the agent itself is in the cgroup, so a child it starts starts
-        there: no process of the command ever runs outside it."""
-        if self.path is not None:
-            _write(os.path.join(self.path, "cgroup.procs"), "0")
+    def place(self, pid: int) -> None:
+        """Move the just-started command into the cgroup, and whatever it forked before that.
 
-    def __exit__(self, *exc: object) -> None:
-        if self.path is not None and self._owner is not None:
-            _write(os.path.join(self._owner.root, "cgroup.procs"), "0")
+        It starts beside the agent, not in its cgroup: had the agent stepped in to start it
+        there, it would share the commands' memory limit and could stall at it. The agent
+        runs ahead of it meanwhile (execs.spawn), but on another vCPU it runs at once.
+        """
+        if self.path is None:
+            return
+        try:
+            _write(os.path.join(self.path, "cgroup.procs"), str(pid))
+        except ProcessLookupError:
+            pass  # it has exited already
+        except OSError as exc:
+            log(f"cannot move {pid} into {self.path}: {exc}")
+        if self._owner is not None:
+            self._owner.gather_strays(self.path)
 
     def kill(self, leader: int) -> None:
         """SIGKILL every process of the command: its cgroup, and its session in any case."""
@@ -78,6 +101,8 @@ class Cgroups:
         # Cgroups whose commands ended while processes of theirs still ran.
         self._lingering: set[str] = set()
         self.available = False
+        # Where the agent lives, once it has a cgroup of its own.
+        self._agent_procs: str | None = None
         try:
             if not root or not os.path.exists(os.path.join(root, "cgroup.procs")):
                 raise OSError("cgroup2 is not mounted")
@@ -86,6 +111,8 @@ class Cgroups:
         except OSError as exc:
             log(f"no cgroups for commands ({exc}); timeouts kill their sessions only")
         if self.available:
+            self._limit_commands()
+            self._protect_agent()
             # Left by an agent that ran before this one.
             self._lingering.update(
                 entry.path
@@ -95,9 +122,71 @@ class Cgroups:
         self._loop = loop
         loop.call_later(SWEEP_SECONDS, self._sweep)
 
+    def _limit_commands(self) -> None:
+        """Commands, all together, may not take the guest from under the agent and init: a
+        fork bomb meets a process limit, memory hogs (tmpfs files too) meet their own
+        out-of-memory killer, and the agent and init keep what they need."""
+        for controller in ("cpu", "memory", "pids"):
+            try:
+                _write(os.path.join(self.root, "cgroup.subtree_control"), f"+{controller}")
+            except OSError as exc:
+                log(f"no {controller} controller for commands: {exc}")
+        try:
+            with open("/proc/meminfo") as meminfo:
+                total = int(meminfo.readline().split()[1]) * 1024
+            reserve = min(max(RESERVED_MEMORY, total // 4), MAX_RESERVED_MEMORY)
+            # No memory.high: files in tmpfs cannot be reclaimed, and over `high` every
+            # allocation of every command would be throttled without end (measured: an
+            # exec of `rm` never finished). At `max` their own out-of-memory killer acts.
+            _write(os.path.join(self._base, "memory.max"), str(max(total - reserve, reserve)))
+            with open("/proc/sys/kernel/pid_max") as pid_max:
+                pids = int(pid_max.read())
+            _write(os.path.join(self._base, "pids.max"), str(max(pids - RESERVED_PIDS, 512)))
+        except (OSError, ValueError) as exc:
+            log(f"no memory or process limits for commands: {exc}")
+
+    def _protect_agent(self) -> None:
+        """The agent lives in a cgroup of its own whose memory the kernel does not reclaim
+        below AGENT_MEMORY and whose CPU share dwarfs the commands': however hard commands
+        press, the agent keeps answering."""
+        agent = os.path.join(self.root, AGENT_CGROUP)
+        try:
+            os.makedirs(agent, exist_ok=True)
+            _write(os.path.join(agent, "cgroup.procs"), "0")
+            self._agent_procs = os.path.join(agent, "cgroup.procs")
+            _write(os.path.join(agent, "memory.min"), str(AGENT_MEMORY))
+            _write(os.path.join(agent, "cpu.weight"), str(AGENT_CPU_WEIGHT))
+        except OSError as exc:
+            log(f"the agent's memory is not protected: {exc}")
+
+    def gather_strays(self, into: str) -> None:
+        """Move every process in the agent's cgroup but the agent and its helpers `into`
+        the cgroup of the command just started: they are that command's children. Repeated
+        until none is left, since they may fork while being moved."""
+        if self._agent_procs is None:
+            return
+        me = os.getpid()
+        for _ in range(STRAY_ROUNDS):
+            with open(self._agent_procs) as procs:
+                strays = [int(pid) for pid in procs.read().split()]
+            strays = [pid for pid in strays if pid != me and pid not in _helpers]
+            if not strays:
+                return
+            for pid in strays:
+                try:
+                    _write(os.path.join(into, "cgroup.procs"), str(pid))
+                except OSError:
+                    pass  # exited meanwhile
+        log(f"processes keep appearing in the agent's cgroup; left beside it: {strays}")
+
     def create(self, name: str) -> Cgroup:
         if not self.available:
             return Cgroup()
+        try:
+            # A command may have frozen the whole subtree: new commands must run.
+            _write(os.path.join(self._base, "cgroup.freeze"), "0")
+        except OSError:
+            pass
         safe = "".join(c for c in name if c.isascii() and (c.isalnum() or c == "-"))[:40]
         path = os.path.join(self._base, f"{next(self._numbers)}-{safe}")
         try:
@@ -280,12 +369,14 @@ def _regenerate_host_keys(loop: Loop) -> None:
             pass
     argv = [keygen, "-q", "-t", "ed25519", "-N", "", "-C", "", "-f", staged]
     pid = os.posix_spawn(keygen, argv, {"PATH": "/usr/bin:/bin"}, setsid=True)
+    _helpers.add(pid)
     pidfd = os.pidfd_open(pid)
 
     def finished(_: int) -> None:
         loop.unwatch(pidfd)
         os.close(pidfd)
         _, status = os.waitpid(pid, 0)
+        _helpers.discard(pid)
         if os.waitstatus_to_exitcode(status) != 0:
             log("ssh-keygen failed; the SSH host key stays the parent's")
             return

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -52,7 +51,12 @@ log = logging.getLogger("vers_orchestrator.api")
 
 NDJSON = "application/x-ndjson"
 OCTET_STREAM = b"application/octet-stream"
-_GUEST_ERRORS = {400: "Invalid request", 409: "VM not running", **ERRORS}
+_GUEST_ERRORS = {
+    400: "Invalid request",
+    409: "VM not running",
+    **ERRORS,
+    502: "The VM's agent is not answering",
+}
 
 
 # ------------------------------------------------------------------------ exec
@@ -188,7 +192,10 @@ class RawFileRoute:
         app_runtime: Runtime = scope["litestar_app"].state[RUNTIME_KEY]
         guest = app_runtime.vms.guest
         vm_id = scope["path_params"]["vm_id"]
-        query = parse_qs(scope.get("query_string", b"").decode("latin-1"))
+        try:
+            query = parse_qs(scope.get("query_string", b"").decode("ascii"), errors="strict")
+        except UnicodeError:
+            raise BadRequest("Failed to deserialize query string: not UTF-8") from None
         path = query.get("path", [None])[-1]
         if self._upload:
             mode = _octal_mode(query.get("mode", [None])[-1])
@@ -251,8 +258,7 @@ async def _send_until_gone(
     finally:
         for task in (copying, watching):
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await asyncio.wait({copying, watching})
         await chunks.aclose()  # type: ignore[attr-defined]
     failure = None if copying.cancelled() else copying.exception()
     if failure is not None:

@@ -160,6 +160,11 @@ class GuestAgentError(DriverError):
     """The agent inside the guest refused a request or stopped answering."""
 
 
+class AgentUnavailable(GuestAgentError):
+    """The agent in the guest stopped answering, restarted, or broke the protocol: what it
+    was doing is unknown. A new connection is tried on the next call."""
+
+
 class GuestFileNotFound(GuestAgentError):
     def __init__(self, path: str) -> None:
         super().__init__(f"no such file in the VM: {path}")
@@ -217,10 +222,16 @@ class VmDriver(Protocol):
         ...
 
     async def exec(
-        self, vm_id: str, request: ExecRequest, sink: OutputSink | None = None
+        self,
+        vm_id: str,
+        request: ExecRequest,
+        sink: OutputSink | None = None,
+        started: Callable[[], None] | None = None,
     ) -> ExecResult:
         """Run a command; returns when the command itself exits (processes it left running
-        go on). With `sink`, output goes there as it comes and the result carries none."""
+        go on). With `sink`, output goes there as it comes and the result carries none.
+        `started` is called once the command runs (or has failed to start, with 126/127):
+        an error raised before it means the command never ran."""
         ...
 
     async def read_file(self, vm_id: str, path: str, *, max_bytes: int | None = None) -> bytes:

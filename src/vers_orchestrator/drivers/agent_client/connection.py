@@ -16,67 +16,118 @@ import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vers_orchestrator.agent import protocol
 from vers_orchestrator.agent.protocol import Channel, Frame, FrameType
-from vers_orchestrator.drivers.base import GuestAgentError
+from vers_orchestrator.drivers.base import AgentUnavailable, GuestAgentError, InvalidRequest
 
 READ_SIZE = 256 * 1024
 # How long a commit waits for requests already sent to reach the agent (see `quiesced`).
 QUIESCE_TIMEOUT_SECONDS = 2.0
+MAX_UNREAD_MESSAGES = 64
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    # A request's first answer comes within this, or the agent is taken for gone. The
+    # agent answers at once (a command runs after "started"); a loaded guest may not.
+    reply_seconds: float = 30.0
+    # While a stream waits longer than this for its next frame, the agent is pinged; no
+    # pong within `ping_seconds` breaks the connection (a frozen or stopped agent).
+    heartbeat_seconds: float = 15.0
+    ping_seconds: float = 15.0
+
+
+# Stands for "the connection's reply timeout" where a timeout is a parameter.
+REPLY = -1.0
 
 
 class AgentStream:
-    """One request: frames from the agent in arrival order, and data to it within credit."""
+    """One request: frames from the agent in arrival order, and data to it within credit.
+
+    The agent is not trusted with the host's memory: a stream holds at most a window of
+    unread data per channel and a bounded number of unread messages, and an agent that
+    sends more breaks its connection.
+    """
 
     def __init__(self, connection: AgentConnection, stream_id: int) -> None:
         self._connection = connection
         self.id = stream_id
-        self._frames: asyncio.Queue[Frame | GuestAgentError] = asyncio.Queue()
+        self._frames: asyncio.Queue[Frame | AgentUnavailable] = asyncio.Queue()
         self._credit = {channel: protocol.WINDOW for channel in Channel.ALL}
         self._credit_changed = asyncio.Event()
         self._unacknowledged = {channel: 0 for channel in Channel.ALL}
+        self._unread = {channel: 0 for channel in Channel.ALL}
+        self._unread_messages = 0
         # True once the agent has said anything: it has read the request.
         self.acknowledged = False
         self.closed = False
 
-    async def next(self) -> Frame:
-        """The next MESSAGE, DATA, END or CLOSE; raises GuestAgentError if the connection broke.
+    async def next(self, timeout_seconds: float | None = None) -> Frame:
+        """The next MESSAGE, DATA, END or CLOSE. Raises AgentUnavailable if the connection
+        broke, or if nothing came within `timeout_seconds` (None: as long as the agent
+        answers pings: a command may run for days).
 
         Taking a DATA frame is consuming it: the agent may send that much more.
         """
-        item = await self._frames.get()
-        if isinstance(item, GuestAgentError):
+        item = await self._wait(timeout_seconds)
+        if isinstance(item, AgentUnavailable):
             self._frames.put_nowait(item)  # every later call fails the same way
             raise item
         if item.type == FrameType.DATA:
             channel = item.channel()
+            self._unread[channel] -= len(item.payload)
             self._unacknowledged[channel] += len(item.payload)
             if self._unacknowledged[channel] >= protocol.CREDIT_BATCH and not self.closed:
                 amount, self._unacknowledged[channel] = self._unacknowledged[channel], 0
                 await self._connection.write(protocol.encode_credit(self.id, channel, amount))
-        elif item.type == FrameType.CLOSE:
-            self._finished()
+        else:
+            self._unread_messages -= 1
+            if item.type == FrameType.CLOSE:
+                self._finished()
         return item
 
-    async def message(self) -> dict[str, Any]:
-        """The next frame, which must be a MESSAGE; an agent's error message raises."""
-        frame = await self.next()
+    async def _wait(self, timeout_seconds: float | None) -> Frame | AgentUnavailable:
+        timeouts = self._connection.timeouts
+        if timeout_seconds == REPLY:
+            timeout_seconds = timeouts.reply_seconds
+        if timeout_seconds is not None:
+            try:
+                return await asyncio.wait_for(self._frames.get(), timeout_seconds)
+            except TimeoutError:
+                raise AgentUnavailable(
+                    f"the guest agent did not answer within {timeout_seconds:g} s"
+                ) from None
+        while True:
+            try:
+                return await asyncio.wait_for(self._frames.get(), timeouts.heartbeat_seconds)
+            except TimeoutError:
+                await self._connection.check_alive()
+
+    async def message(self, timeout_seconds: float | None = REPLY) -> dict[str, Any]:
+        """The next frame, which must be a MESSAGE; by default within the reply timeout."""
+        frame = await self.next(timeout_seconds)
         if frame.type != FrameType.MESSAGE:
-            raise GuestAgentError(f"guest agent: expected a message, got frame type {frame.type}")
+            raise AgentUnavailable(f"guest agent: expected a message, got frame type {frame.type}")
         return frame.json()
 
     async def send(self, channel: int, data: bytes) -> None:
-        """Send `data`, waiting for credit as needed."""
+        """Send `data`, waiting for credit as needed (as long as the agent answers pings)."""
         view = memoryview(data)
         while view:
             while self._credit[channel] <= 0:
                 if self.closed:
                     raise GuestAgentError("guest agent closed the stream")
                 self._credit_changed.clear()
-                await self._credit_changed.wait()
+                try:
+                    await asyncio.wait_for(
+                        self._credit_changed.wait(), self._connection.timeouts.heartbeat_seconds
+                    )
+                except TimeoutError:
+                    await self._connection.check_alive()
                 self._connection.raise_if_broken()
             size = min(len(view), self._credit[channel], protocol.MAX_PAYLOAD)
             self._credit[channel] -= size
@@ -96,14 +147,24 @@ class AgentStream:
                 await self._connection.write(protocol.encode(FrameType.CLOSE, self.id))
 
     def _deliver(self, frame: Frame) -> None:
+        """Called by the connection's reader; raises AgentUnavailable on a breach."""
         self.acknowledged = True
         if frame.type == FrameType.CREDIT:
             self._credit[frame.channel()] += frame.credit()
             self._credit_changed.set()
+            return
+        if frame.type == FrameType.DATA:
+            channel = frame.channel()
+            self._unread[channel] += len(frame.payload)
+            if self._unread[channel] > protocol.WINDOW:
+                raise AgentUnavailable("the guest agent sent more data than it had credit for")
         else:
-            self._frames.put_nowait(frame)
+            self._unread_messages += 1
+            if self._unread_messages > MAX_UNREAD_MESSAGES:
+                raise AgentUnavailable("the guest agent sent more messages than were read")
+        self._frames.put_nowait(frame)
 
-    def _fail(self, error: GuestAgentError) -> None:
+    def _fail(self, error: AgentUnavailable) -> None:
         self._frames.put_nowait(error)
         self._credit_changed.set()
 
@@ -114,7 +175,13 @@ class AgentStream:
 
 
 class AgentConnection:
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        timeouts: Timeouts = Timeouts(),
+    ) -> None:
+        self.timeouts = timeouts
         self._reader = reader
         self._writer = writer
         self._decoder = protocol.FrameDecoder()
@@ -124,7 +191,8 @@ class AgentConnection:
         self._open_gate = asyncio.Event()
         self._open_gate.set()
         self._reading: asyncio.Task[None] | None = None
-        self.broken: GuestAgentError | None = None
+        self.broken: AgentUnavailable | None = None
+        self._pinging: asyncio.Future[None] | None = None
         # The agent's HELLO: version, pid, boot_id …
         self.agent: dict[str, Any] = {}
 
@@ -135,14 +203,18 @@ class AgentConnection:
         try:
             reader, writer = await asyncio.open_unix_connection(str(socket_path))
         except OSError as exc:
-            raise GuestAgentError(f"cannot connect to the guest agent: {exc}") from exc
+            raise AgentUnavailable(f"cannot connect to the guest agent: {exc}") from exc
         return await cls.start(reader, writer, ready_timeout)
 
     @classmethod
     async def start(
-        cls, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ready_timeout: float
+        cls,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        ready_timeout: float,
+        timeouts: Timeouts = Timeouts(),
     ) -> AgentConnection:
-        connection = cls(reader, writer)
+        connection = cls(reader, writer, timeouts)
         try:
             await connection._handshake(ready_timeout)
         except BaseException:
@@ -157,7 +229,7 @@ class AgentConnection:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise GuestAgentError(
+                raise AgentUnavailable(
                     f"the guest agent did not answer within {timeout_seconds:g} s"
                 )
             try:
@@ -165,9 +237,9 @@ class AgentConnection:
             except TimeoutError:
                 continue
             except OSError as exc:
-                raise GuestAgentError(f"guest agent connection failed: {exc}") from exc
+                raise AgentUnavailable(f"guest agent connection failed: {exc}") from exc
             if not data:
-                raise GuestAgentError("guest agent connection closed")
+                raise AgentUnavailable("guest agent connection closed")
             for frame in self._decoder.feed(data):
                 if frame.type != FrameType.HELLO:
                     continue  # of an earlier conversation
@@ -178,7 +250,7 @@ class AgentConnection:
                     session = await self._say_hello()
                 elif answer["session"] == session:
                     if "error" in answer:
-                        raise GuestAgentError(f"guest agent refused: {answer['error']}")
+                        raise AgentUnavailable(f"guest agent refused: {answer['error']}")
                     self.agent = answer
                     self._decoder.skipped = 0
                     return
@@ -196,28 +268,28 @@ class AgentConnection:
             while True:
                 data = await self._reader.read(READ_SIZE)
                 if not data:
-                    raise GuestAgentError("guest agent connection closed")
+                    raise AgentUnavailable("guest agent connection closed")
                 for frame in self._decoder.feed(data):
                     self._dispatch(frame)
                 # Skipped bytes are an agent that restarted (FLUSH, then its HELLO) or a
                 # corrupt stream: which one, the next frame tells.
                 if self._decoder.skipped > len(protocol.FLUSH):
-                    raise GuestAgentError("guest agent sent bytes that are not frames")
-        except GuestAgentError as exc:
+                    raise AgentUnavailable("guest agent sent bytes that are not frames")
+        except AgentUnavailable as exc:
             self._break(exc)
         except (OSError, protocol.ProtocolError, ValueError) as exc:
-            self._break(GuestAgentError(f"guest agent connection failed: {exc!r}"))
+            self._break(AgentUnavailable(f"guest agent connection failed: {exc!r}"))
 
     def _dispatch(self, frame: Frame) -> None:
         if frame.type == FrameType.HELLO:
-            raise GuestAgentError("the guest agent restarted")
+            raise AgentUnavailable("the guest agent restarted")
         if self._decoder.skipped:
-            raise GuestAgentError("guest agent sent bytes that are not frames")
+            raise AgentUnavailable("guest agent sent bytes that are not frames")
         stream = self._streams.get(frame.stream)
         if stream is not None:
             stream._deliver(frame)
 
-    def _break(self, error: GuestAgentError) -> None:
+    def _break(self, error: AgentUnavailable) -> None:
         if self.broken is None:
             self.broken = error
         for stream in list(self._streams.values()):
@@ -237,7 +309,7 @@ class AgentConnection:
                 self._writer.write(data)
                 await self._writer.drain()
             except (OSError, RuntimeError) as exc:
-                error = GuestAgentError(f"guest agent connection failed: {exc!r}")
+                error = AgentUnavailable(f"guest agent connection failed: {exc!r}")
                 self._break(error)
                 raise error from exc
 
@@ -246,9 +318,32 @@ class AgentConnection:
         await self._open_gate.wait()
         self.raise_if_broken()
         stream = AgentStream(self, next(self._ids))
+        try:
+            frames = protocol.encode_open(stream.id, request)
+        except ValueError as exc:
+            raise InvalidRequest(str(exc)) from None
         self._streams[stream.id] = stream
-        await self.write(protocol.encode_json(FrameType.OPEN, stream.id, request))
+        await self.write(frames)
         return stream
+
+    async def check_alive(self) -> None:
+        """Ping the agent (one ping at a time for all waiting streams); no pong within
+        `timeouts.ping_seconds` breaks the connection, and this raises AgentUnavailable."""
+        self.raise_if_broken()
+        if self._pinging is None or self._pinging.done():
+            self._pinging = asyncio.ensure_future(self._ping())
+        await asyncio.shield(self._pinging)
+
+    async def _ping(self) -> None:
+        stream = await self.open({"op": "ping"})
+        try:
+            await stream.message(self.timeouts.ping_seconds)
+        except AgentUnavailable as exc:
+            error = AgentUnavailable(f"the guest agent stopped answering ({exc})")
+            self._break(error)
+            raise error from None
+        finally:
+            await stream.cancel()
 
     def forget(self, stream: AgentStream) -> None:
         if self._streams.get(stream.id) is stream:
@@ -276,7 +371,7 @@ class AgentConnection:
 
     async def close(self) -> None:
         if self.broken is None:
-            self._break(GuestAgentError("guest agent connection closed by the host"))
+            self._break(AgentUnavailable("guest agent connection closed by the host"))
         if self._reading is not None:
             self._reading.cancel()
             with contextlib.suppress(asyncio.CancelledError):

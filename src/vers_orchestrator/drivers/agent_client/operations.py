@@ -10,13 +10,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from vers_orchestrator.agent.protocol import STREAM_NAMES, Channel, FrameType
-from vers_orchestrator.drivers.agent_client.connection import AgentConnection, AgentStream
+from vers_orchestrator.drivers.agent_client.connection import REPLY, AgentConnection, AgentStream
 from vers_orchestrator.drivers.base import (
+    AgentUnavailable,
     ExecRequest,
     ExecResult,
     FileTooLarge,
@@ -81,10 +82,12 @@ async def run_command(
     connection: AgentConnection,
     request: ExecRequest,
     sink: OutputSink | None = None,
+    started: Callable[[], None] | None = None,
 ) -> ExecResult:
     """Run `request.argv`; without `sink` the output is kept up to `request.output_limit`
     bytes per stream, with `sink` every chunk is handed to it as it comes (awaited, so a
-    slow sink slows the command down) and the result carries no output."""
+    slow sink slows the command down) and the result carries no output. `started` is
+    called once the agent has started the command (or reported that it could not)."""
     if not request.argv:
         raise InvalidRequest("argv must not be empty")
     stream = await connection.open(
@@ -103,9 +106,11 @@ async def run_command(
     )
     feeding: asyncio.Task[None] | None = None
     finished = False
+    truncated = {Channel.STDOUT: False, Channel.STDERR: False}
     try:
-        started = await stream.message()
-        _raise_for(started)
+        _raise_for(await stream.message())
+        if started is not None:
+            started()
         if request.stdin:
             feeding = asyncio.create_task(_send_all(stream, Channel.INPUT, request.stdin))
         deadline = None
@@ -117,13 +122,17 @@ async def run_command(
             try:
                 frame = await asyncio.wait_for(stream.next(), remaining)
             except TimeoutError:
-                raise GuestAgentError("the guest agent did not report the command's end") from None
+                raise AgentUnavailable("the guest agent did not report the command's end") from None
             if frame.type == FrameType.DATA:
                 channel = frame.channel()
                 if sink is not None:
                     await sink(STREAM_NAMES[channel], frame.payload)
-                else:
-                    output[channel] += frame.payload
+                    continue
+                # The agent keeps to the limit; the host does not take its word for it.
+                room = request.output_limit - len(output[channel])
+                if len(frame.payload) > room:
+                    truncated[channel] = True
+                output[channel] += frame.payload[: max(room, 0)]
             elif frame.type == FrameType.MESSAGE:
                 reply = frame.json()
                 _raise_for(reply)
@@ -134,14 +143,16 @@ async def run_command(
                         exit_code=int(exit_report["code"]),
                         stdout=bytes(output[Channel.STDOUT]),
                         stderr=bytes(output[Channel.STDERR]),
-                        stdout_truncated=bool(exit_report.get("stdout_truncated")),
-                        stderr_truncated=bool(exit_report.get("stderr_truncated")),
+                        stdout_truncated=bool(exit_report.get("stdout_truncated"))
+                        or truncated[Channel.STDOUT],
+                        stderr_truncated=bool(exit_report.get("stderr_truncated"))
+                        or truncated[Channel.STDERR],
                         timed_out=bool(exit_report.get("timed_out")),
                         stdout_bytes=int(exit_report.get("stdout_bytes", 0)),
                         stderr_bytes=int(exit_report.get("stderr_bytes", 0)),
                     )
             elif frame.type == FrameType.CLOSE:
-                raise GuestAgentError("the guest agent ended the command without an exit")
+                raise AgentUnavailable("the guest agent ended the command without an exit")
     finally:
         if feeding is not None:
             feeding.cancel()
@@ -160,9 +171,13 @@ class FileDownload:
     _stream: AgentStream
 
     async def chunks(self) -> AsyncIterator[bytes]:
+        received = 0
         while True:
             frame = await self._stream.next()
             if frame.type == FrameType.DATA:
+                received += len(frame.payload)
+                if received > self.size:
+                    raise AgentUnavailable("the guest agent sent more than the file's size")
                 yield frame.payload
             elif frame.type == FrameType.MESSAGE:
                 reply = frame.json()
@@ -170,7 +185,7 @@ class FileDownload:
                 if "done" in reply:
                     return
             elif frame.type == FrameType.CLOSE:
-                raise GuestAgentError("the guest agent ended the read early")
+                raise AgentUnavailable("the guest agent ended the read early")
 
 
 @contextlib.asynccontextmanager
@@ -187,6 +202,8 @@ async def open_file(
         reply = await stream.message()
         _raise_for(reply, path, max_bytes)
         info = reply["file"]
+        if max_bytes is not None and int(info["size"]) > max_bytes:
+            raise AgentUnavailable("the guest agent offered a file over max_bytes")
         yield FileDownload(int(info["size"]), int(info["mode"]), stream)
     finally:
         await stream.cancel()
@@ -224,11 +241,16 @@ async def write_file(
         await stream.cancel()
 
 
-async def _ask(connection: AgentConnection, request: dict[str, Any], answer: str) -> dict[str, Any]:
+async def _ask(
+    connection: AgentConnection,
+    request: dict[str, Any],
+    answer: str,
+    timeout_seconds: float = REPLY,
+) -> dict[str, Any]:
     """A request with one answer: the `answer` part of the agent's reply."""
     stream = await connection.open(request)
     try:
-        reply = await stream.message()
+        reply = await stream.message(timeout_seconds)
         _raise_for(reply)
         part: dict[str, Any] = reply[answer]
         return part
@@ -244,6 +266,7 @@ async def refresh(
     seed: bytes | None = None,
     hostname: str | None = None,
     host_keys: bool = False,
+    timeout_seconds: float = REPLY,
 ) -> dict[str, Any]:
     """Set the guest's clock to `time_ns` (or bring it towards `sync_ns` gently), reseed its
     RNG, rename it, renew its SSH host keys; nanoseconds since the epoch, host time."""
@@ -255,7 +278,7 @@ async def refresh(
         "hostname": hostname,
         "host_keys": host_keys,
     }
-    return await _ask(connection, request, "done")
+    return await _ask(connection, request, "done", timeout_seconds)
 
 
 async def ping(connection: AgentConnection) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
@@ -239,9 +239,13 @@ class QemuDriver:
     # -------------------------------------------------------------- in the guest
 
     async def exec(
-        self, vm_id: str, request: ExecRequest, sink: OutputSink | None = None
+        self,
+        vm_id: str,
+        request: ExecRequest,
+        sink: OutputSink | None = None,
+        started: Callable[[], None] | None = None,
     ) -> ExecResult:
-        return await self._guests.exec(vm_id, request, sink)
+        return await self._guests.exec(vm_id, request, sink, started)
 
     async def read_file(self, vm_id: str, path: str, *, max_bytes: int | None = None) -> bytes:
         return await self._guests.read_file(vm_id, path, max_bytes)

@@ -15,7 +15,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 
 from vers_orchestrator.drivers.agent_client import operations
 from vers_orchestrator.drivers.agent_client.connection import AgentConnection
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 # A restored guest's agent answers within milliseconds; a loaded CI machine may need more.
 AGENT_TIMEOUT_SECONDS = 60.0
 CLOCK_SYNC_SECONDS = 60.0
+# Setting a clock is not worth holding up a resume or a commit for long.
+CLOCK_TIMEOUT_SECONDS = 5.0
 
 
 class Guests:
@@ -127,11 +129,15 @@ class Guests:
     # -- operations ---------------------------------------------------------------------
 
     async def exec(
-        self, vm_id: str, request: ExecRequest, sink: OutputSink | None = None
+        self,
+        vm_id: str,
+        request: ExecRequest,
+        sink: OutputSink | None = None,
+        started: Callable[[], None] | None = None,
     ) -> ExecResult:
         connection = await self._ready(vm_id)
         try:
-            return await operations.run_command(connection, request, sink)
+            return await operations.run_command(connection, request, sink, started)
         except GuestAgentError as exc:
             raise await self._dead_or(vm_id, exc) from None
 
@@ -185,7 +191,9 @@ class Guests:
             if self._host.load_vm(vm_id).guest_agent == QEMU_GA:
                 return
             connection = await self.connection(vm_id)
-            await operations.refresh(connection, time_ns=time.time_ns())
+            await operations.refresh(
+                connection, time_ns=time.time_ns(), timeout_seconds=CLOCK_TIMEOUT_SECONDS
+            )
         except DriverError as exc:
             log.warning("cannot set the clock of VM %s: %s", vm_id, exc)
 
@@ -199,8 +207,8 @@ class Guests:
                     continue
                 try:
                     await self._host.require_running(vm_id)
-                    await asyncio.wait_for(
-                        operations.refresh(connection, sync_ns=time.time_ns()), 10.0
+                    await operations.refresh(
+                        connection, sync_ns=time.time_ns(), timeout_seconds=CLOCK_TIMEOUT_SECONDS
                     )
-                except (DriverError, TimeoutError) as exc:
+                except DriverError as exc:
                     log.debug("clock of VM %s not synchronised: %s", vm_id, exc)

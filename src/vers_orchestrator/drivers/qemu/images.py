@@ -40,8 +40,9 @@ KERNEL_PACKAGE = "linux-image-cloud-amd64"
 SUITE = "bookworm"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 # Bumped whenever what an image holds changes in a way VMs rely on; 2: python3 and vers-agent
-# instead of qemu-guest-agent, cgroup2; 3: the agent first, the rest after (fstab).
-RECIPE = 3
+# instead of qemu-guest-agent, cgroup2; 3: the agent first, the rest after (fstab); 4: init
+# forks no more in its reaping loop; 5: /tmp on the disk, tmpfs mounts bounded.
+RECIPE = 6
 # python3 runs vers-agent, and users have it too.
 GUEST_PACKAGES = ("python3", "openssh-server", "iproute2", "procps", "e2fsprogs")
 ROOTFS_MIB = 512
@@ -114,10 +115,12 @@ if [ -d /usr/lib/vers-agent/vers_agent ]; then
     ) &
 fi
 nice -n 10 /sbin/vminit-services &
-# As PID 1 the shell must reap orphans; `wait` collects every child that exits.
+# As PID 1 the shell must reap orphans, and must never exit (the kernel would panic): it
+# waits on a sleeper, reaping every child that exits meanwhile, and forks only when the
+# sleeper ends, never in a loop a fork bomb could make fail.
 while :; do
-    wait
-    sleep 1
+    sleep infinity &
+    wait $!
 done
 """
 
@@ -145,13 +148,15 @@ chmod 700 /root/.ssh
 echo VM-READY >/dev/ttyS0
 """
 
-# Mounted by GUEST_INIT's `mount -a` (proc first, by itself).
-FSTAB = """sysfs    /sys            sysfs    defaults                0 0
-tmpfs    /run            tmpfs    mode=0755,nosuid,nodev  0 0
-tmpfs    /tmp            tmpfs    mode=1777,nosuid,nodev  0 0
-devpts   /dev/pts        devpts   gid=5,mode=620          0 0
-tmpfs    /dev/shm        tmpfs    mode=1777,nosuid,nodev  0 0
-cgroup2  /sys/fs/cgroup  cgroup2  nsdelegate              0 0
+# Mounted by GUEST_INIT's `mount -a` (proc first, by itself). Files in tmpfs live in
+# memory that nothing can reclaim: together the tmpfs mounts stay well below what vers-agent
+# lets commands use (at least 56% of the guest's memory), or a full /dev/shm would leave no
+# memory to run even the `rm` that empties it. /tmp is on the disk, as Debian 12 has it.
+FSTAB = """sysfs    /sys            sysfs    defaults                        0 0
+tmpfs    /run            tmpfs    mode=0755,nosuid,nodev,size=10% 0 0
+devpts   /dev/pts        devpts   gid=5,mode=620                  0 0
+tmpfs    /dev/shm        tmpfs    mode=1777,nosuid,nodev,size=30% 0 0
+cgroup2  /sys/fs/cgroup  cgroup2  nsdelegate,favordynmods         0 0
 """
 
 SSHD_CONFIG = """HostKey /etc/ssh/ssh_host_ed25519_key

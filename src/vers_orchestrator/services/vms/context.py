@@ -27,6 +27,7 @@ from vers_orchestrator.errors import (
     BadRequest,
     GuestFileNotFound,
     GuestRefused,
+    GuestUnavailable,
     InvalidVmId,
     KeyLimitExceeded,
     NotRegularFile,
@@ -193,6 +194,9 @@ class VmContext:
                 f"{exc.path} is {exc.size} bytes; the JSON form carries at most {exc.limit}:"
                 " read it with Accept: application/octet-stream"
             ) from None
+        except driver_api.AgentUnavailable as exc:
+            log.warning("%s of VM %s: %s", action, vm_id, exc)
+            raise GuestUnavailable(str(exc)) from None
         except driver_api.GuestAgentError as exc:
             raise GuestRefused(str(exc)) from None
         except driver_api.InvalidRequest as exc:

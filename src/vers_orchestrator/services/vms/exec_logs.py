@@ -47,6 +47,7 @@ RESTART_NOTE = (
 )
 # Runs remembered per VM once their chunks are gone.
 RUNS_KEPT = 1024
+STDOUT, STDERR = 1, 2
 
 
 @dataclass(slots=True)
@@ -61,6 +62,9 @@ class ExecRun:
     exit_code: int | None = None
     # Set (and replaced) whenever a chunk or the exit arrives, to wake the readers.
     changed: asyncio.Event = field(default_factory=asyncio.Event)
+    # Whether its start is on disk: written with its first chunk or its exit, so that a
+    # command that never ran leaves nothing behind.
+    recorded: bool = False
 
     @property
     def finished(self) -> bool:
@@ -96,8 +100,10 @@ class VmLog:
         self._segment_limit = max(byte_limit // SEGMENTS_PER_LOG, 64 * 1024)
         self._byte_limit = byte_limit
         self._segments: list[_Segment] = []
-        # Byte offset of each kept entry within its segment (entry number - dropped).
+        # Byte offset of each kept entry within its segment (entry number - dropped), and
+        # its stream, so that a filtered read skips the others without reading them.
         self._offsets: array[int] = array("q")
+        self._streams: array[int] = array("b")
         self.dropped = 0
         self.count = 0
         self.runs: OrderedDict[str, ExecRun] = OrderedDict()
@@ -109,24 +115,32 @@ class VmLog:
     # -- writing -------------------------------------------------------------------
 
     def start(self, exec_id: str, org_id: str) -> ExecRun:
+        """A new run, kept in memory until it has output or an exit (see `discard`)."""
         run = ExecRun(exec_id, org_id, self._vm_id)
         self.runs[exec_id] = run
-        self._append(
-            record_line(
-                {
-                    "type": "start",
-                    "exec_id": exec_id,
-                    "org_id": org_id,
-                    "timestamp": rfc3339(utc_now()),
-                }
-            )
-        )
         self._forget_old_runs()
         return run
+
+    def discard(self, run: ExecRun) -> None:
+        """Forget a run whose command never ran (its exec_id may be used again)."""
+        if not run.recorded and self.runs.get(run.exec_id) is run:
+            del self.runs[run.exec_id]
+
+    def _record_start(self, run: ExecRun) -> None:
+        if not run.recorded:
+            run.recorded = True
+            start = {
+                "type": "start",
+                "exec_id": run.exec_id,
+                "org_id": run.org_id,
+                "timestamp": rfc3339(utc_now()),
+            }
+            self._append(record_line(start))
 
     def add(self, run: ExecRun, stream: str, data: bytes) -> None:
         if not data:
             return
+        self._record_start(run)
         record = {
             "type": "chunk",
             "exec_id": run.exec_id,
@@ -137,11 +151,13 @@ class VmLog:
         }
         number = self.count
         self._offsets.append(self._append(record_line(record)))
+        self._streams.append(STDERR if stream == "stderr" else STDOUT)
         self.count += 1
         run.entries.append(number)
         run.wake()
 
     def finish(self, run: ExecRun, exit_code: int) -> None:
+        self._record_start(run)
         run.exit_code = exit_code
         self._append(record_line(self.exit_record(run)))
         run.wake()
@@ -164,27 +180,31 @@ class VmLog:
     def _new_segment(self) -> None:
         if self._append_fd is not None:
             os.close(self._append_fd)
-        self._directory.mkdir(parents=True, exist_ok=True)
+        self._directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._sequence += 1
         path = self._directory / f"{self.count:012d}-{self._sequence:06d}.ndjson"
-        self._append_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC)
+        # Command output may hold secrets: for the server's user only.
+        self._append_fd = os.open(
+            path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600
+        )
         self._segments.append(_Segment(self.count, path, path.stat().st_size))
         while len(self._segments) > 1 and self._size() > self._byte_limit:
             oldest = self._segments.pop(0)
             oldest.path.unlink(missing_ok=True)
             gone = self._segments[0].first - self.dropped
             del self._offsets[:gone]
+            del self._streams[:gone]
             self.dropped = self._segments[0].first
 
     def _size(self) -> int:
         return sum(segment.size for segment in self._segments)
 
     def _forget_old_runs(self) -> None:
-        while len(self.runs) > RUNS_KEPT:
-            exec_id, run = next(iter(self.runs.items()))
-            if not run.finished:
-                break
-            del self.runs[exec_id]
+        """Keep RUNS_KEPT runs, dropping the oldest finished ones (running ones stay)."""
+        excess = len(self.runs) - RUNS_KEPT
+        if excess > 0:
+            for exec_id in [key for key, run in self.runs.items() if run.finished][:excess]:
+                del self.runs[exec_id]
 
     def close(self) -> None:
         if self._append_fd is not None:
@@ -223,12 +243,16 @@ class VmLog:
     ) -> tuple[list[LogEntry], int, bool]:
         """Entries from number `offset` on (of `stream` only, if given); the next offset;
         whether that is the end of what is kept."""
+        wanted = None if stream is None else (STDERR if stream == "stderr" else STDOUT)
         position = max(offset, self.dropped)
         found: list[LogEntry] = []
         while position < self.count and len(found) < max_entries:
-            record = self.record(position)
+            kept = position - self.dropped
             position += 1
-            if record is not None and (stream is None or record["stream"] == stream):
+            if wanted is not None and self._streams[kept] != wanted:
+                continue
+            record = self.record(position - 1)
+            if record is not None:
                 found.append(
                     LogEntry(
                         record["exec_id"], record["stream"], record["data_b64"], record["timestamp"]
@@ -261,9 +285,12 @@ class VmLog:
         kind = record.get("type")
         run = self.runs.get(record.get("exec_id", ""))
         if kind == "start":
-            self.runs[record["exec_id"]] = ExecRun(record["exec_id"], record["org_id"], self._vm_id)
+            self.runs[record["exec_id"]] = ExecRun(
+                record["exec_id"], record["org_id"], self._vm_id, recorded=True
+            )
         elif kind == "chunk":
             self._offsets.append(offset)
+            self._streams.append(STDERR if record.get("stream") == "stderr" else STDOUT)
             if run is not None:
                 run.entries.append(self.count)
             self.count += 1
@@ -299,6 +326,7 @@ class ExecLogs:
         return self.of(vm_id).runs.get(exec_id)
 
     def forget_vm(self, vm_id: str) -> None:
+        """Remove the VM's log, on disk too."""
         log = self._logs.pop(vm_id, None)
         if log is not None:
             log.close()

@@ -108,6 +108,9 @@ class Guest:
         env = command.env or {}
         if not command.argv:
             raise BadRequest("command must not be empty")
+        limit = self._context.settings.max_file_bytes
+        if len(command.stdin) > limit:
+            raise PayloadTooLarge(f"stdin is {len(command.stdin)} bytes; at most {limit}")
         for part in (*command.argv, *env.keys(), *env.values(), command.working_dir or ""):
             validate_text("command", part, 1 << 20)
         for name in env:
@@ -138,13 +141,12 @@ class Guest:
         """Run a command; one that outlives its timeout is killed (exit 124)."""
         vm, request, stream = await self._prepare(principal, vm_id, command)
         run, log = stream.run, stream.log
+        started = asyncio.Event()
         try:
             async with self._context.driver_call(vm.vm_id, "run the command"):
-                result = await self._context.driver.exec(vm.vm_id, request)
+                result = await self._context.driver.exec(vm.vm_id, request, None, started.set)
         except BaseException as exc:
-            message = exc.message if isinstance(exc, VersError) else "internal server error"
-            log.add(run, "stderr", f"{message}\n".encode())
-            log.finish(run, LOST_EXIT_CODE)
+            _record_failure(log, run, exc, started.is_set())
             raise
         exit_code = EXEC_TIMEOUT_EXIT_CODE if result.timed_out else result.exit_code
         log.add(run, "stdout", result.stdout)
@@ -163,12 +165,14 @@ class Guest:
     async def exec_stream(self, principal: Principal, vm_id: str, command: Command) -> ExecStream:
         """Start a command whose output a client reads, and may re-attach to, as it comes.
 
-        The command runs to its end whether or not anyone reads; its chunks go to the
-        VM's exec log as they arrive.
+        Answers once the command runs: what fails before (a paused VM, a missing working
+        directory) is the caller's error, as for a plain exec. The command then runs to its
+        end whether or not anyone reads; its chunks go to the VM's exec log as they arrive.
         """
         vm, request, stream = await self._prepare(principal, vm_id, command)
         run, log = stream.run, stream.log
         context = self._context
+        started = asyncio.Event()
 
         async def output(name: str, data: bytes) -> None:
             log.add(run, name, data)
@@ -176,20 +180,23 @@ class Guest:
         async def work() -> None:
             try:
                 async with context.driver_call(vm.vm_id, "run the command"):
-                    result = await context.driver.exec(vm.vm_id, request, output)
-            except VersError as exc:
-                log.add(run, "stderr", f"{exc.message}\n".encode())
-                log.finish(run, LOST_EXIT_CODE)
-                return
+                    result = await context.driver.exec(vm.vm_id, request, output, started.set)
             except asyncio.CancelledError:
                 raise  # the server stops; the next start marks the run interrupted
-            except BaseException:
-                log.add(run, "stderr", b"internal server error\n")
-                log.finish(run, LOST_EXIT_CODE)
+            except BaseException as exc:
+                _record_failure(log, run, exc, started.is_set())
                 raise
             log.finish(run, EXEC_TIMEOUT_EXIT_CODE if result.timed_out else result.exit_code)
 
-        context.keep(asyncio.ensure_future(work()), wait_at_close=False)
+        work_task = asyncio.ensure_future(work())
+        context.keep(work_task, wait_at_close=False)
+        waiting = asyncio.ensure_future(started.wait())
+        try:
+            await asyncio.wait({work_task, waiting}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiting.cancel()
+        if not started.is_set():
+            await work_task  # it failed before the command ran: raise its error here
         return stream
 
     async def attach(self, principal: Principal, vm_id: str, exec_id: str) -> ExecStream:
@@ -329,3 +336,14 @@ def _path(
         raise BadRequest(missing)
     validate_text("path", path)
     return path
+
+
+def _record_failure(log: VmLog, run: ExecRun, error: BaseException, started: bool) -> None:
+    """A command that never ran leaves no trace (its exec_id stays free); one that did
+    gets a note on stderr and exit code 255, its end unseen."""
+    if not started:
+        log.discard(run)
+        return
+    message = error.message if isinstance(error, VersError) else "internal server error"
+    log.add(run, "stderr", f"{message}\n".encode())
+    log.finish(run, LOST_EXIT_CODE)
