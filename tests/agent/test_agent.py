@@ -238,6 +238,28 @@ def test_an_agent_that_stops_answering_is_found_out() -> None:
     run(check)
 
 
+def test_a_write_that_outlasts_the_reply_timeout_succeeds(tmp_path: Path) -> None:
+    async def check() -> None:
+        async with agent() as local:
+            reader, writer = await asyncio.open_connection(sock=local.host_end.dup())
+            quick = Timeouts(reply_seconds=1.0, heartbeat_seconds=0.5, ping_seconds=0.5)
+            connection = await AgentConnection.start(reader, writer, 10.0, quick)
+
+            async def slowly() -> AsyncIterator[bytes]:
+                for _ in range(5):
+                    await asyncio.sleep(0.5)
+                    yield b"x" * 1000
+
+            target = tmp_path / "slow.bin"
+            written = await operations.write_file(
+                connection, str(target), slowly(), mode=None, create_dirs=False
+            )
+            await connection.close()
+        assert (written, target.read_bytes()) == (5000, b"x" * 5000)
+
+    run(check)
+
+
 async def _read_all(stream: AgentStream) -> None:
     while (await stream.next(1.0)).type != FrameType.CLOSE:
         pass

@@ -64,8 +64,11 @@ async def _send_all(
 
 
 async def _answer_while_sending(stream: AgentStream, sending: asyncio.Task[None]) -> dict[str, Any]:
-    """The agent's next message, while `sending` runs; a failure of either ends both."""
-    answer = asyncio.ensure_future(stream.message())
+    """The agent's next message, while `sending` runs; a failure of either ends both.
+
+    No reply timeout: the answer comes after the last byte, however long sending takes
+    (a 1 GiB upload), as long as the agent answers pings."""
+    answer = asyncio.ensure_future(stream.message(None))
     try:
         done, _ = await asyncio.wait({sending, answer}, return_when=asyncio.FIRST_COMPLETED)
         if sending in done and sending.exception() is not None:
