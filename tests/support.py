@@ -230,8 +230,8 @@ def sdk_call(
     return asyncio.run(run())
 
 
-def qemu_processes(marker: str) -> list[int]:
-    """Live (not zombie) QEMU processes whose command line mentions `marker`."""
+def live_processes(marker: str, program: str = "") -> list[int]:
+    """Live (not zombie) processes whose command line mentions `marker` (and `program`)."""
     found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
@@ -241,9 +241,14 @@ def qemu_processes(marker: str) -> list[int]:
             state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
         except (FileNotFoundError, ProcessLookupError):
             continue
-        if b"qemu-system" in cmdline and marker.encode() in cmdline and state != "Z":
+        if program.encode() in cmdline and marker.encode() in cmdline and state != "Z":
             found.append(int(entry.name))
     return found
+
+
+def qemu_processes(marker: str) -> list[int]:
+    """Live QEMU processes whose command line mentions `marker`."""
+    return live_processes(marker, "qemu-system")
 
 
 def error(message: str) -> dict[str, Any]:

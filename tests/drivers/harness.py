@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol, TypeVar
 
+from tests.support import live_processes
 from vers_orchestrator.drivers.base import VmDriver
 from vers_orchestrator.drivers.qemu.driver import QemuDriver, QemuDriverConfig
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
@@ -75,7 +76,7 @@ class QemuHarness:
     def leftovers(self, vm_id: str) -> list[str]:
         paths = [self.state_dir / "vms" / vm_id, self.runtime_dir / vm_id]
         found = [str(path) for path in paths if path.exists()]
-        return found + [f"process {pid}" for pid in self._processes(str(self.runtime_dir / vm_id))]
+        return found + [f"process {pid}" for pid in live_processes(str(self.runtime_dir / vm_id))]
 
     def remains(self) -> list[str]:
         found = [
@@ -84,29 +85,13 @@ class QemuHarness:
             for path in (self.state_dir / directory).iterdir()
         ]
         found += [str(path) for path in self.runtime_dir.iterdir()]
-        return found + [f"process {pid}" for pid in self._processes(str(self.runtime_dir))]
+        return found + [f"process {pid}" for pid in live_processes(str(self.runtime_dir))]
 
     def destroy(self) -> None:
-        for pid in self._processes(str(self.runtime_dir)):
+        for pid in live_processes(str(self.runtime_dir)):
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.runtime_dir, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
-
-    @staticmethod
-    def _processes(marker: str) -> list[int]:
-        """Live (not zombie) processes whose command line mentions `marker`."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmdline = (entry / "cmdline").read_bytes()
-                state = (entry / "stat").read_text().rpartition(")")[2].split()[0]
-            except (FileNotFoundError, ProcessLookupError):
-                continue
-            if marker.encode() in cmdline and state != "Z":
-                found.append(int(entry.name))
-        return found
 
 
 HARNESSES: dict[str, Callable[[Path], Harness]] = {"qemu": QemuHarness}

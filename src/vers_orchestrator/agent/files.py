@@ -32,11 +32,21 @@ NEW_FILE_MODE = 0o644
 KERNEL_FILES = ("/proc/", "/sys/")
 
 
-def _path(request: dict[str, Any]) -> str:
+def _file_path(stream: Stream, request: dict[str, Any], option: str, valid: bool) -> str | None:
+    """The request's path, or None once the stream is refused: a path that is not a
+    string, an `option` that is not `valid`, or a path that cannot name a regular file."""
     path = request.get("path")
     if not isinstance(path, str) or not path or "\0" in path:
-        raise ValueError("path must be a non-empty string without NUL")
-    return os.path.join(DEFAULT_CWD, path)
+        stream.fail("bad_request", "path must be a non-empty string without NUL")
+        return None
+    if not valid:
+        stream.fail("bad_request", option)
+        return None
+    path = os.path.join(DEFAULT_CWD, path)
+    if _not_a_file(path):
+        stream.fail("not_regular", f"not a regular file: {path}")
+        return None
+    return path
 
 
 def _not_a_file(path: str) -> bool:
@@ -55,16 +65,14 @@ class FileRead(Stream):
         super().__init__(connection, stream_id)
         self._fd: int | None = None
         self._sent = 0
-        try:
-            path = _path(request)
-            max_bytes = request.get("max_bytes")
-            if max_bytes is not None and (not isinstance(max_bytes, int) or max_bytes < 0):
-                raise ValueError("max_bytes must be a non-negative integer")
-        except ValueError as exc:
-            self.fail("bad_request", str(exc))
-            return
-        if _not_a_file(path):
-            self.fail("not_regular", f"not a regular file: {path}")
+        max_bytes = request.get("max_bytes")
+        path = _file_path(
+            self,
+            request,
+            "max_bytes must be a non-negative integer",
+            max_bytes is None or (isinstance(max_bytes, int) and max_bytes >= 0),
+        )
+        if path is None:
             return
         try:
             # Looked at before opening: opening a device or FIFO can block or have effects.
@@ -153,16 +161,14 @@ class FileWrite(Stream):
         self._fd: int | None = None
         self._staged: str | None = None
         self._written = 0
-        try:
-            path = _path(request)
-            mode = request.get("mode")
-            if mode is not None and (not isinstance(mode, int) or not 0 <= mode <= 0o7777):
-                raise ValueError("mode must be between 0 and 0o7777")
-        except ValueError as exc:
-            self.fail("bad_request", str(exc))
-            return
-        if _not_a_file(path):
-            self.fail("not_regular", f"not a regular file: {path}")
+        mode = request.get("mode")
+        path = _file_path(
+            self,
+            request,
+            "mode must be between 0 and 0o7777",
+            mode is None or (isinstance(mode, int) and 0 <= mode <= 0o7777),
+        )
+        if path is None:
             return
         try:
             if request.get("create_dirs"):
