@@ -8,9 +8,10 @@ import sys
 
 from . import protocol
 from .connection import Connection, Stream, log
-from .execs import Exec, protect_agent
+from .execs import Exec
 from .files import FileRead, FileWrite
 from .loop import Loop
+from .processes import protect_agent
 from .system import CGROUP_ROOT, Cgroups, Ping, Refresh
 
 DEFAULT_PORT = f"/dev/virtio-ports/{protocol.PORT_NAME}"
