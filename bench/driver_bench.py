@@ -163,7 +163,7 @@ def main() -> int:
     args = parser.parse_args()
     ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr))
     scratch = Path(tempfile.mkdtemp(prefix="vers-driver-bench-"))
-    runtime = Path(f"/dev/shm/vers-orch-bench-{secrets.token_hex(4)}")
+    runtime = Path(f"/dev/shm/vo-driver-{secrets.token_hex(4)}")
     try:
         driver = QemuDriver(
             QemuDriverConfig(
