@@ -167,8 +167,12 @@ class Cgroups:
             return
         me = os.getpid()
         for _ in range(STRAY_ROUNDS):
-            with open(self._agent_procs) as procs:
-                strays = [int(pid) for pid in procs.read().split()]
+            try:
+                with open(self._agent_procs) as procs:
+                    strays = [int(pid) for pid in procs.read().split()]
+            except (OSError, ValueError) as exc:
+                log(f"cannot list the agent's cgroup: {exc}")
+                return
             strays = [pid for pid in strays if pid != me and pid not in _helpers]
             if not strays:
                 return
