@@ -244,6 +244,22 @@ class TestExec:
         beside_agent = guest.shell("cat /sys/fs/cgroup/vers-agent/cgroup.procs | wc -l")
         assert beside_agent == "1\n"
 
+    def test_a_fork_bomb_left_running_does_not_take_later_commands_turns(
+        self, guest: Guest
+    ) -> None:
+        left = guest.exec(["/bin/sh", "-c", "b() { b | b & }; b"], timeout_secs=5)
+        assert left["exit_code"] == 0  # the shell returned; the bomb runs on in its cgroup
+        answers = []
+        for _ in range(20):
+            answers.append(guest.exec(["echo", "ok"]))
+            if answers[-1]["exit_code"] == 0:
+                break
+            time.sleep(1)
+        assert answers[-1]["stdout"] == "ok\n", answers
+        # Out of memory, the bomb's cgroup was killed whole.
+        events = guest.shell("cat /sys/fs/cgroup/vers-exec/memory.events")
+        assert int(events.split("oom_group_kill ")[1].split()[0]) >= 1
+
     def test_stdin_of_10_mib(self, guest: Guest) -> None:
         text = "0123456789abcdef" * (10 * MIB // 16)
         result = guest.exec(["sha256sum"], stdin=text)
@@ -458,6 +474,34 @@ class TestFiles:
         )
         assert (dot.status_code, dot.json()) == (400, error("not a regular file: /root/."))
         assert guest.shell("test -e /root/new-dir || echo absent") == "absent\n"
+
+    def test_kernel_files_mounted_elsewhere_are_not_regular_files(self, guest: Guest) -> None:
+        guest.shell(
+            "mkdir -p /mnt/p /mnt/s && mount -t proc proc /mnt/p && mount -t sysfs s /mnt/s"
+        )
+        url = f"/api/v1/vm/{guest.vm_id}/files"
+        try:
+            with guest.client() as client:
+                kcore = client.get(
+                    url,
+                    params={"path": "/mnt/p/kcore"},
+                    headers={"accept": "application/octet-stream"},
+                )
+                environ = client.get(url, params={"path": "/mnt/p/self/environ"})
+                written = client.put(
+                    url, json={"path": "/mnt/s/kernel/mm/ksm/run", "content_b64": "MQ=="}
+                )
+        finally:
+            guest.shell("umount /mnt/p /mnt/s")
+        assert (kcore.status_code, kcore.json()) == (400, error("not a regular file: /mnt/p/kcore"))
+        assert (environ.status_code, environ.json()) == (
+            400,
+            error("not a regular file: /mnt/p/self/environ"),
+        )
+        assert (written.status_code, written.json()) == (
+            400,
+            error("not a regular file: /mnt/s/kernel/mm/ksm/run"),
+        )
 
 
 class TestIdentity:

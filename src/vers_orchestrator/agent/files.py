@@ -28,7 +28,14 @@ if TYPE_CHECKING:
 
 NEW_FILE_MODE = 0o644
 # Kernel interfaces: their files say size 0 (or 4096) whatever they hold, and some never
-# end or stall the kernel when read whole (/proc/kcore). Exec reads them.
+# end or stall the kernel when read whole (/proc/kcore). Exec reads them. Known by the
+# file system a file is on, wherever it is mounted; by path where /proc cannot say.
+KERNEL_FILE_SYSTEMS = frozenset(
+    {
+        "proc", "sysfs", "cgroup", "cgroup2", "debugfs", "tracefs", "securityfs",
+        "configfs", "bpf", "pstore", "efivarfs", "fusectl", "binfmt_misc",
+    }
+)  # fmt: skip
 KERNEL_FILES = ("/proc/", "/sys/")
 
 
@@ -56,6 +63,22 @@ def _not_a_file(path: str) -> bool:
     return os.path.realpath(path).startswith(KERNEL_FILES)
 
 
+def _on_kernel_file_system(info: os.stat_result) -> bool:
+    """Whether the file of `info` lives on procfs, sysfs or another kernel interface (its
+    device looked up in /proc/self/mountinfo)."""
+    device = f"{os.major(info.st_dev)}:{os.minor(info.st_dev)}"
+    try:
+        with open("/proc/self/mountinfo") as mounts:
+            for line in mounts:
+                mount, _, described = line.partition(" - ")
+                fields = mount.split()
+                if len(fields) > 2 and fields[2] == device:
+                    return described.split(" ", 1)[0] in KERNEL_FILE_SYSTEMS
+    except OSError:
+        pass  # no /proc: the path check is all there is
+    return False
+
+
 def _io_error(stream: Stream, path: str, exc: OSError) -> None:
     stream.fail("io_error", f"{path}: {exc.strerror or exc}")
 
@@ -77,7 +100,7 @@ class FileRead(Stream):
         try:
             # Looked at before opening: opening a device or FIFO can block or have effects.
             info = os.stat(path)
-            if not stat.S_ISREG(info.st_mode):
+            if not stat.S_ISREG(info.st_mode) or _on_kernel_file_system(info):
                 self.fail("not_regular", f"not a regular file: {path}")
                 return
             fd = os.open(path, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -90,11 +113,13 @@ class FileRead(Stream):
         except OSError as exc:
             _io_error(self, path, exc)
             return
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):  # replaced between the two looks
+        opened = os.fstat(fd)
+        replaced = opened.st_dev != info.st_dev and _on_kernel_file_system(opened)
+        if not stat.S_ISREG(opened.st_mode) or replaced:  # replaced between the two looks
             os.close(fd)
             self.fail("not_regular", f"not a regular file: {path}")
             return
+        info = opened
         if max_bytes is not None and info.st_size > max_bytes:
             os.close(fd)
             self.send_message(
@@ -177,6 +202,9 @@ class FileWrite(Stream):
             directory = os.path.dirname(target)
             if not os.path.isdir(directory):
                 self.fail("not_found", f"no such directory: {os.path.dirname(path)}")
+                return
+            if _on_kernel_file_system(os.stat(directory)):
+                self.fail("not_regular", f"not a regular file: {path}")
                 return
             try:
                 existing: os.stat_result | None = os.stat(target)

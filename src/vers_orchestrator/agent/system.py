@@ -125,12 +125,17 @@ class Cgroups:
     def _limit_commands(self) -> None:
         """Commands, all together, may not take the guest from under the agent and init: a
         fork bomb meets a process limit, memory hogs (tmpfs files too) meet their own
-        out-of-memory killer, and the agent and init keep what they need."""
-        for controller in ("cpu", "memory", "pids"):
-            try:
-                _write(os.path.join(self.root, "cgroup.subtree_control"), f"+{controller}")
-            except OSError as exc:
-                log(f"no {controller} controller for commands: {exc}")
+        out-of-memory killer, and the agent and init keep what they need. What one command
+        leaves running may not take every later command's turn either."""
+        # Enabled below vers-exec too: each command's cgroup then has a CPU share of its own
+        # (a fork bomb left running by one command is one share, not thousands) and is
+        # killed whole by the commands' out-of-memory killer (memory.oom.group).
+        for parent in (self.root, self._base):
+            for controller in ("cpu", "memory", "pids"):
+                try:
+                    _write(os.path.join(parent, "cgroup.subtree_control"), f"+{controller}")
+                except OSError as exc:
+                    log(f"no {controller} controller for commands: {exc}")
         try:
             with open("/proc/meminfo") as meminfo:
                 total = int(meminfo.readline().split()[1]) * 1024
@@ -198,6 +203,10 @@ class Cgroups:
         except OSError as exc:
             log(f"cannot make cgroup {path}: {exc}")
             return Cgroup()
+        try:
+            _write(os.path.join(path, "memory.oom.group"), "1")
+        except OSError:
+            pass  # no memory controller: the killer takes one process at a time
         return Cgroup(path, self)
 
     def remove(self, path: str) -> None:
