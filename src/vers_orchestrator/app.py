@@ -30,6 +30,7 @@ from vers_orchestrator.api import (
     vms,
 )
 from vers_orchestrator.api.access_log import AccessLog
+from vers_orchestrator.api.bodies import BodyRequest
 from vers_orchestrator.api.errors import EXCEPTION_HANDLERS
 from vers_orchestrator.api.middleware import ApiMiddleware, RequestContextMiddleware
 from vers_orchestrator.api.responses import JsonResponse
@@ -172,6 +173,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
     )
     app = Litestar(
         route_handlers=[api, bulk],
+        request_class=BodyRequest,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
         request_max_body_size=settings.max_body_bytes,

@@ -19,7 +19,7 @@ import pytest
 from litestar.exceptions import LitestarDeprecationWarning
 from litestar.handlers import HTTPRouteHandler
 
-from tests.support import Backend, Key, Server, make_key, unique_name
+from tests.support import Backend, Key, Server, error, make_key, unique_name
 from vers_orchestrator.api.direct import direct_call
 from vers_orchestrator.app import create_app
 from vers_orchestrator.settings import Settings
@@ -181,3 +181,52 @@ def test_which_handlers_are_called_directly(
 
 async def _unused(scope: Any, receive: Any, send: Any) -> None:
     raise AssertionError("not called")
+
+
+def _json_body_routes(server: Server, key: Key) -> list[tuple[str, str]]:
+    """(method, path) of every route that takes a JSON body, ids filled in."""
+    with server.client(key.token) as client:
+        document = client.get("/openapi.json").json()
+    routes = []
+    for path, operations in document["paths"].items():
+        for method, operation in operations.items():
+            content = operation.get("requestBody", {}).get("content", {})
+            if "application/json" in content:
+                filled = re.sub(r"\{[^}]+\}", str(uuid.uuid4()), path)
+                routes.append((method.upper(), filled))
+    return routes
+
+
+def test_bodies_nested_too_deeply_are_400_on_every_route(
+    twin_servers: tuple[tuple[Server, Key], tuple[Server, Key]],
+) -> None:
+    expected = error("Failed to parse the request body as JSON: nested too deeply")
+    for server, key in twin_servers:
+        routes = _json_body_routes(server, key)
+        assert len(routes) >= 15
+        with server.client(key.token) as client:
+            for method, path in routes:
+                body = b"[" * 1000 + b"]" * 1000
+                reply = client.request(method, path, content=body, headers=JSON)
+                assert (reply.status_code, reply.json()) == (400, expected), (method, path)
+
+
+def test_strings_that_are_not_utf8_are_400(
+    twin_servers: tuple[tuple[Server, Key], tuple[Server, Key]],
+) -> None:
+    """Wherever a string the route reads is not UTF-8. (msgspec skips the values of fields a
+    route does not know without reading them.)"""
+    vm = str(uuid.uuid4())
+    bodies = [
+        ("POST", R, b'{"name": "\xff"}'),
+        ("POST", "/api/v1/commit_tags", b'{"tag_name": "\xff", "commit_id": "x"}'),
+        ("POST", f"/api/v1/vm/{vm}/exec", b'{"command": ["\xfe"]}'),
+        ("PUT", f"/api/v1/vm/{vm}/files", b'{"path": "/root/\xff", "content_b64": ""}'),
+        ("PUT", f"/api/v1/vm/{vm}/labels", b'{"labels": {"a": "\xc3"}}'),
+    ]
+    expected = error("Failed to parse the request body as JSON: invalid UTF-8")
+    for server, key in twin_servers:
+        with server.client(key.token) as client:
+            for method, path, body in bodies:
+                reply = client.request(method, path, content=body, headers=JSON)
+                assert (reply.status_code, reply.json()) == (400, expected), (method, path)

@@ -34,6 +34,7 @@ from litestar.enums import MediaType
 from litestar.handlers import HTTPRouteHandler
 
 from vers_orchestrator.api.asgi import RawApp, RawReceive, RawSend, read_body, replay
+from vers_orchestrator.api.bodies import UNDECODABLE
 from vers_orchestrator.api.responses import JsonResponse, json_reply
 
 _PATH_PARAMETER = re.compile(r"{(\w+):(\w+)}")
@@ -75,7 +76,7 @@ class DirectCall:
             body = await read_body(receive, self._max_body)
             try:
                 kwargs["data"] = self._decoder.decode(body)
-            except msgspec.MsgspecError:
+            except UNDECODABLE:
                 raise _Undecodable(body) from None
         if self._with_request:
             kwargs["request"] = _request(scope, receive, send)
