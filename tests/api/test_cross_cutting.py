@@ -170,3 +170,42 @@ class TestAccessLog:
             f"request_id={request_id} method=GET path=/nope status=404"
             f" duration_ms={line.split('duration_ms=')[1].split()[0]} key_id=-"
         )
+
+
+class TestIntegerQueryParameters:
+    """Only an optional minus and digits, as the hosted service (serde) reads them."""
+
+    @pytest.mark.parametrize(
+        ("value", "reason"),
+        [
+            ("1e2", "invalid digit found in string"),
+            ("1.0", "invalid digit found in string"),
+            ("null", "invalid digit found in string"),
+            ("0x10", "invalid digit found in string"),
+            ("+2", "invalid digit found in string"),
+            ("", "cannot parse integer from empty string"),
+        ],
+    )
+    def test_anything_else_is_400_on_every_route(
+        self, server: Server, key: Key, value: str, reason: str
+    ) -> None:
+        vm = str(uuid.uuid4())
+        routes = [
+            ("/api/v1/commits", "limit"),
+            ("/api/v1/commits", "offset"),
+            ("/api/v1/commits/public", "limit"),
+            (f"/api/v1/vm/{vm}/logs", "offset"),
+            (f"/api/v1/vm/{vm}/logs", "max_entries"),
+        ]
+        with server.client(key.token) as client:
+            for path, name in routes:
+                reply = client.get(path, params={name: value})
+                expected = error(f"Failed to deserialize query string: {name}: {reason}")
+                assert (reply.status_code, reply.json()) == (400, expected), (path, name)
+
+    def test_digits_are_read(self, server: Server, key: Key) -> None:
+        with server.client(key.token) as client:
+            signed = client.get("/api/v1/commits", params={"limit": "2", "offset": "-0"})
+            unknown_vm = client.get(f"/api/v1/vm/{uuid.uuid4()}/logs", params={"offset": "3"})
+        assert (signed.status_code, signed.json()["limit"]) == (200, 2)
+        assert unknown_vm.status_code == 404

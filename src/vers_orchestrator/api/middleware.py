@@ -19,6 +19,7 @@ from typing import Any
 from vers_orchestrator.api.access_log import AccessLog
 from vers_orchestrator.api.asgi import Message, RawApp, RawReceive, RawSend, read_body, replay
 from vers_orchestrator.api.direct import direct_call
+from vers_orchestrator.api.query import check_integers, integer_parameters
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
 from vers_orchestrator.errors import UnsupportedMediaType
 from vers_orchestrator.ids import new_id
@@ -92,6 +93,8 @@ class ApiMiddleware:
         self._app: RawApp = app
         # Per handler: its direct call (api/direct.py) or Litestar's path, chosen once.
         self._next_apps: dict[Any, RawApp] = {}
+        # Per handler: the names of its integer query parameters (api/query.py).
+        self._integers: dict[Any, frozenset[str]] = {}
 
     def _next_app(self, handler: Any, runtime: Runtime) -> RawApp:
         next_app = self._next_apps.get(handler)
@@ -114,6 +117,10 @@ class ApiMiddleware:
             )
             scope["auth"] = principal
             context.api_key_id = principal.api_key_id
+        integers = self._integers.get(handler)
+        if integers is None:
+            integers = self._integers[handler] = integer_parameters(handler)
+        check_integers(scope["query_string"], integers)
         raw = handler.opt.get(RAW)
         if raw is not None and scope["method"] != "HEAD" and raw.wants(headers):
             await raw(scope, receive, send)
