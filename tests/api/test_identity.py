@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from urllib.parse import urlsplit
+
 import pytest
 from vers_sdk import AuthenticationError
 
@@ -51,6 +54,31 @@ class TestWhoami:
             response = client.get("/api/v1/whoami")
         assert response.status_code == 401
         assert response.json() == error("Missing or invalid Authorization header")
+
+    def test_two_authorization_headers_are_401_whichever_comes_last(
+        self, server: Server, key: Key
+    ) -> None:
+        with server.client() as client:
+            for pair in (["Bearer invalid", f"Bearer {key.token}"], [f"Bearer {key.token}"] * 2):
+                headers = [("Authorization", value) for value in pair]
+                response = client.get("/api/v1/whoami", headers=headers)
+                assert (response.status_code, response.json()) == (
+                    401,
+                    error("Invalid bearer token"),
+                )
+
+    def test_spaces_around_the_value_are_not_part_of_it(self, server: Server, key: Key) -> None:
+        # httpx refuses to send such a value; a raw socket does.
+        address = urlsplit(server.base_url)
+        with socket.create_connection((address.hostname, address.port), timeout=10) as raw:
+            raw.sendall(
+                b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                b"Authorization: Bearer " + key.token.encode() + b" \t\r\n\r\n"
+            )
+            reply = b""
+            while chunk := raw.recv(65536):
+                reply += chunk
+        assert reply.startswith(b"HTTP/1.1 200 ")
 
 
 class TestValidateKey:

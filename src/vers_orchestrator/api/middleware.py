@@ -21,7 +21,7 @@ from vers_orchestrator.api.asgi import Message, RawApp, RawReceive, RawSend, rea
 from vers_orchestrator.api.direct import direct_call
 from vers_orchestrator.api.query import check_integers, integer_parameters
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
-from vers_orchestrator.errors import UnsupportedMediaType
+from vers_orchestrator.errors import InvalidCredentials, UnsupportedMediaType
 from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import idempotency
 
@@ -112,6 +112,8 @@ class ApiMiddleware:
         handler = scope["route_handler"]
         principal = None
         if not handler.opt.get(PUBLIC):
+            if sum(name == b"authorization" for name, _ in scope["headers"]) > 1:
+                raise InvalidCredentials()  # which one would be the caller's?
             principal = await runtime.authenticator.authenticate(
                 headers.get(b"authorization", b"").decode("latin-1")
             )

@@ -144,6 +144,10 @@ class Authenticator:
         self._cache: dict[str, tuple[Principal, float]] = {}
 
     async def authenticate(self, authorization: str | None) -> Principal:
+        """The principal of an `Authorization: Bearer <key>` value; surrounding spaces and
+        tabs are not part of it (RFC 9110 §5.5). Raises MissingCredentials or
+        InvalidCredentials (401)."""
+        authorization = (authorization or "").strip(" \t")
         if not authorization or not authorization.startswith(auth.BEARER_PREFIX):
             raise MissingCredentials()
         token = authorization[len(auth.BEARER_PREFIX) :]
