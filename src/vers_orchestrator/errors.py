@@ -127,6 +127,11 @@ class VmNotFound(NotFound):
     message = "vm not found"
 
 
+class ParentVmNotFound(VmNotFound):
+    # The hosted text of branch by VM when the VM to branch from does not exist.
+    message = "parent vm not found"
+
+
 class ExecNotFound(NotFound):
     message = "exec not found"
 

@@ -18,9 +18,11 @@ from vers_orchestrator.errors import (
     BadRequest,
     CommitNotFound,
     InvalidRef,
+    ParentVmNotFound,
     ProvidedCommitNotFound,
     TagNotFound,
     Unprocessable,
+    VmNotFound,
     VmOrCommitNotFound,
 )
 from vers_orchestrator.ids import new_id
@@ -234,7 +236,10 @@ class Snapshots:
     ) -> list[Vm]:
         """Commit the VM, then start `count` VMs from that commit."""
         how_many = check_count(count)
-        vm = await self._context.alive(principal, vm_id)
+        try:
+            vm = await self._context.alive(principal, vm_id)
+        except VmNotFound:
+            raise ParentVmNotFound() from None
         probe = [
             self._context.intent(principal, None, vm.vcpus, vm.mem_mib, vm.disk_mib)
         ] * how_many
@@ -251,7 +256,8 @@ class Snapshots:
         if canonical is not None:
             commit = await self._context.db.read(lambda tx: commit_store.get(tx, canonical))
         if commit is None or not visible_to(commit, principal):
-            raise ProvidedCommitNotFound()
+            # The hosted service's own text and shape here (api/vm_snapshots.py).
+            raise CommitNotFound()
         return await self.restore(principal, commit, how_many)
 
     async def branch_by_tag(
