@@ -223,8 +223,6 @@ class TestExec:
     def test_commands_that_exhaust_memory_or_processes_leave_the_vm_answering(
         self, guest: Guest
     ) -> None:
-        hog = guest.exec(["python3", "-c", "b = [bytearray(1 << 20) for _ in range(1024)]"])
-        bomb = guest.exec(["/bin/sh", "-c", "f() { f | f & }; f; sleep 60"], timeout_secs=5)
         fill = guest.exec(
             [
                 "/bin/sh",
@@ -234,12 +232,15 @@ class TestExec:
             timeout_secs=60,
         )
         emptied = guest.exec(["rm", "/dev/shm/fill", "/run/fill"])
-        # Killed by the commands' own out-of-memory killer, not the guest's.
-        assert (hog["exit_code"], hog["stderr"]) == (137, "")
-        assert (bomb["exit_code"], bomb["timed_out"]) == (124, True)
+        hog = guest.exec(["python3", "-c", "b = [bytearray(1 << 20) for _ in range(1024)]"])
+        bomb = guest.exec(["/bin/sh", "-c", "f() { f | f & }; f; sleep 60"], timeout_secs=5)
         # tmpfs fills up before the memory commands may use does.
         assert (fill["exit_code"], fill["stderr"].count("No space left on device")) == (1, 2)
         assert emptied["exit_code"] == 0
+        # Killed by the commands' own out-of-memory killer, not the guest's.
+        assert (hog["exit_code"], hog["stderr"]) == (137, "")
+        # Killed at the deadline, or whole by the out-of-memory killer before it.
+        assert (bomb["exit_code"], bomb["timed_out"]) in ((124, True), (137, False))
         # Nothing a command started is left beside the agent, out of its cgroup's reach.
         beside_agent = guest.shell("cat /sys/fs/cgroup/vers-agent/cgroup.procs | wc -l")
         assert beside_agent == "1\n"
@@ -247,16 +248,19 @@ class TestExec:
     def test_a_fork_bomb_left_running_does_not_take_later_commands_turns(
         self, guest: Guest
     ) -> None:
-        left = guest.exec(["/bin/sh", "-c", "b() { b | b & }; b"], timeout_secs=5)
+        exec_id = str(uuid.uuid4())
+        bomb = "b() { b | b & }; b"
+        left = guest.exec(["/bin/sh", "-c", bomb], timeout_secs=5, exec_id=exec_id)
         assert left["exit_code"] == 0  # the shell returned; the bomb runs on in its cgroup
+        # Later commands run while it does; out of memory, its cgroup is killed whole.
+        remaining = f"cat /sys/fs/cgroup/vers-exec/*-{exec_id}/cgroup.procs 2>/dev/null | wc -l"
         answers = []
-        for _ in range(20):
-            answers.append(guest.exec(["echo", "ok"]))
-            if answers[-1]["exit_code"] == 0:
+        for _ in range(30):
+            answers.append(guest.exec(["/bin/sh", "-c", remaining]))
+            if answers[-1]["stdout"] == "0\n":
                 break
             time.sleep(1)
-        assert answers[-1]["stdout"] == "ok\n", answers
-        # Out of memory, the bomb's cgroup was killed whole.
+        assert answers[-1] == {**answers[-1], "exit_code": 0, "stdout": "0\n"}, answers
         events = guest.shell("cat /sys/fs/cgroup/vers-exec/memory.events")
         assert int(events.split("oom_group_kill ")[1].split()[0]) >= 1
 
