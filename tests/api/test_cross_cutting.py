@@ -171,6 +171,15 @@ class TestAccessLog:
             f" duration_ms={line.split('duration_ms=')[1].split()[0]} key_id=-"
         )
 
+    def test_a_path_cannot_write_lines_of_its_own(self, server: Server) -> None:
+        request_id = f"log-{uuid.uuid4()}"
+        marker = f"forged-{uuid.uuid4()}"
+        with server.client(**{"X-Request-Id": request_id}) as client:
+            client.get(f"/api/v1/repositories/x%0A{marker}%0D%00%20y%5C")
+        (line,) = log_lines_of(server, request_id)
+        assert f"path=/api/v1/repositories/x\\x0a{marker}\\x0d\\x00\\x20y\\x5c status=" in line
+        assert [text for text in server.log_text().splitlines() if marker in text] == [line]
+
 
 class TestIntegerQueryParameters:
     """Only an optional minus and digits, as the hosted service (serde) reads them."""

@@ -45,7 +45,8 @@ class AccessLog:
             asyncio.get_running_loop().call_later(FLUSH_INTERVAL_SECONDS, self.flush)
         self._pending.append(
             f"{self._second_text},{int((now - second) * 1000):03d} INFO vers_orchestrator.access"
-            f" request_id={request_id} method={method} path={path} status={status}"
+            f" request_id={request_id} method={_escaped(method)} path={_escaped(path)}"
+            f" status={status}"
             f" duration_ms={duration_ms:.2f} key_id={api_key_id or '-'}\n"
         )
 
@@ -55,3 +56,17 @@ class AccessLog:
         lines, self._pending = self._pending, []
         self._stream.write("".join(lines))
         self._stream.flush()
+
+
+def _escaped(value: str) -> str:
+    """`value` as one token of a log line: a control character, a space or a backslash
+    (from a decoded `%0A`, `%20`, …) is written `\\xNN` (`\\uNNNN` beyond Latin-1), so a
+    request is one line whose fields a reader can split on spaces."""
+    if value.isprintable() and " " not in value and "\\" not in value:
+        return value
+    return "".join(
+        c
+        if c.isprintable() and c not in " \\"
+        else (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+        for c in value
+    )
