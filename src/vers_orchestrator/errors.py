@@ -22,6 +22,13 @@ class BadRequest(VersError):
     status_code = 400
 
 
+class InvalidQuery(BadRequest):
+    """A query parameter the route cannot read, in the hosted service's (serde's) words."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Failed to deserialize query string: {reason}")
+
+
 class InvalidRepositoryName(BadRequest):
     def __init__(self, reason: str) -> None:
         super().__init__(f"invalid repository name: {reason}")

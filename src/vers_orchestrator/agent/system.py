@@ -62,7 +62,7 @@ class Cgroup:
 
         It starts beside the agent, not in its cgroup: had the agent stepped in to start it
         there, it would share the commands' memory limit and could stall at it. The agent
-        runs ahead of it meanwhile (execs.spawn), but on another vCPU it runs at once.
+        runs ahead of it meanwhile (processes.spawn), but on another vCPU it runs at once.
         """
         if self.path is None:
             return

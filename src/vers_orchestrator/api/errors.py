@@ -20,7 +20,7 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from vers_orchestrator.api.runtime import CONTEXT_KEY, AnyRequest, RequestContext
-from vers_orchestrator.errors import InternalError, VersError
+from vers_orchestrator.errors import InternalError, InvalidQuery, VersError
 from vers_orchestrator.schemas.common import ErrorResponse
 
 log = logging.getLogger("vers_orchestrator.errors")
@@ -58,7 +58,7 @@ def _validation_text(exc: ValidationException) -> tuple[int, str]:
         # Well-formed JSON of the wrong shape: 422, as the hosted service answers.
         return 422, f"Failed to deserialize the JSON body into the target type: {details}"
     if "query" in sources:
-        return 400, f"Failed to deserialize query string: {details}"
+        return 400, InvalidQuery(details).message
     return 400, f"Invalid URL: {details}" if details else "bad request"
 
 

@@ -13,7 +13,7 @@ import typing
 from typing import Any
 from urllib.parse import parse_qsl
 
-from vers_orchestrator.errors import BadRequest
+from vers_orchestrator.errors import InvalidQuery
 
 _INTEGER = re.compile(r"-?[0-9]+")
 
@@ -44,4 +44,4 @@ def check_integers(query_string: bytes, names: frozenset[str]) -> None:
         reason = "invalid digit found in string"
         if not value:
             reason = "cannot parse integer from empty string"
-        raise BadRequest(f"Failed to deserialize query string: {name}: {reason}")
+        raise InvalidQuery(f"{name}: {reason}")

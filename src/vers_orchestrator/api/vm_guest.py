@@ -34,7 +34,7 @@ from vers_orchestrator.api.responses import json_reply
 from vers_orchestrator.api.runtime import RUNTIME_KEY, AnyRequest, Runtime, principal
 from vers_orchestrator.api.vms import ERRORS, TAGS, VM_PATH, VmId, vms
 from vers_orchestrator.auth import Principal
-from vers_orchestrator.errors import BadRequest
+from vers_orchestrator.errors import BadRequest, InvalidQuery
 from vers_orchestrator.schemas.vms import (
     VmExecLogEntry,
     VmExecLogResponse,
@@ -195,7 +195,7 @@ class RawFileRoute:
         try:
             query = parse_qs(scope.get("query_string", b"").decode("ascii"), errors="strict")
         except UnicodeError:
-            raise BadRequest("Failed to deserialize query string: not UTF-8") from None
+            raise InvalidQuery("not UTF-8") from None
         path = query.get("path", [None])[-1]
         if self._upload:
             mode = _octal_mode(query.get("mode", [None])[-1])
@@ -273,9 +273,7 @@ def _octal_mode(value: str | None) -> int | None:
     try:
         mode = int(value, 8)
     except ValueError:
-        raise BadRequest(
-            f"Failed to deserialize query string: mode must be octal: {value!r}"
-        ) from None
+        raise InvalidQuery(f"mode must be octal: {value!r}") from None
     if not 0 <= mode <= 0o7777:
         raise BadRequest("mode must be between 0 and 0o7777")
     return mode
@@ -286,7 +284,7 @@ def _flag(value: str) -> bool:
         return True
     if value.lower() in ("false", "0"):
         return False
-    raise BadRequest("Failed to deserialize query string: create_dirs must be true or false")
+    raise InvalidQuery("create_dirs must be true or false")
 
 
 @get(

@@ -151,7 +151,7 @@ class VmLog:
         }
         number = self.count
         self._offsets.append(self._append(record_line(record)))
-        self._streams.append(STDERR if stream == "stderr" else STDOUT)
+        self._streams.append(_stream_code(stream))
         self.count += 1
         run.entries.append(number)
         run.wake()
@@ -243,7 +243,7 @@ class VmLog:
     ) -> tuple[list[LogEntry], int, bool]:
         """Entries from number `offset` on (of `stream` only, if given); the next offset;
         whether that is the end of what is kept."""
-        wanted = None if stream is None else (STDERR if stream == "stderr" else STDOUT)
+        wanted = None if stream is None else _stream_code(stream)
         position = max(offset, self.dropped)
         found: list[LogEntry] = []
         while position < self.count and len(found) < max_entries:
@@ -290,7 +290,7 @@ class VmLog:
             )
         elif kind == "chunk":
             self._offsets.append(offset)
-            self._streams.append(STDERR if record.get("stream") == "stderr" else STDOUT)
+            self._streams.append(_stream_code(record.get("stream")))
             if run is not None:
                 run.entries.append(self.count)
             self.count += 1
@@ -343,3 +343,8 @@ class ExecLogs:
     def close(self) -> None:
         for log in self._logs.values():
             log.close()
+
+
+def _stream_code(stream: object) -> int:
+    """An entry's stream as kept in VmLog._streams (anything not stderr counts as stdout)."""
+    return STDERR if stream == "stderr" else STDOUT

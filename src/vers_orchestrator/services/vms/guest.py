@@ -22,6 +22,7 @@ from vers_orchestrator.errors import (
     BadRequest,
     Conflict,
     ExecNotFound,
+    InvalidQuery,
     PayloadTooLarge,
     VersError,
 )
@@ -243,7 +244,7 @@ class Guest:
     ) -> tuple[list[LogEntry], int, bool]:
         """What the VM's commands printed, oldest first, from entry `offset` on."""
         if stream is not None and stream not in ("stdout", "stderr"):
-            raise BadRequest("Failed to deserialize query string: stream must be stdout or stderr")
+            raise InvalidQuery("stream must be stdout or stderr")
         limit = DEFAULT_LOG_ENTRIES if max_entries is None else max_entries
         limit = min(max(limit, 1), MAX_LOG_ENTRIES)
         vm = await self._context.find(principal, vm_id, wait_boot=False)

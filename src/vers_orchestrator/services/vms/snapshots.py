@@ -17,6 +17,7 @@ from vers_orchestrator.drivers import base as driver_api
 from vers_orchestrator.errors import (
     BadRequest,
     CommitNotFound,
+    InvalidQuery,
     InvalidRef,
     ParentVmNotFound,
     ProvidedCommitNotFound,
@@ -53,7 +54,7 @@ MAX_COUNT = 255
 def check_count(count: int | None) -> int:
     value = 1 if count is None else count
     if not 0 <= value <= MAX_COUNT:
-        raise BadRequest(f"Failed to deserialize query string: count must be 0-{MAX_COUNT}")
+        raise InvalidQuery(f"count must be 0-{MAX_COUNT}")
     return value
 
 
