@@ -224,7 +224,7 @@ def test_strings_that_are_not_utf8_are_400(
         ("PUT", f"/api/v1/vm/{vm}/files", b'{"path": "/root/\xff", "content_b64": ""}'),
         ("PUT", f"/api/v1/vm/{vm}/labels", b'{"labels": {"a": "\xc3"}}'),
     ]
-    expected = error("Failed to parse the request body as JSON: invalid UTF-8")
+    expected = error("Failed to parse the request body as JSON: invalid UTF-8 encoded string")
     for server, key in twin_servers:
         with server.client(key.token) as client:
             for method, path, body in bodies:

@@ -1,7 +1,7 @@
 """JSON request bodies that do not decode: one error, whatever the reason.
 
-msgspec reports a body that is not UTF-8 as UnicodeDecodeError and one nested too deep for
-its decoder as RecursionError, neither of them one of its own errors; Litestar passes
+msgspec (0.22) reports a body that is not UTF-8 as UnicodeDecodeError and one nested too
+deep for its decoder as RecursionError, neither of them one of its own errors; Litestar passes
 both on as unexpected (500). Every JSON-body route, direct call or not, answers them as it
 answers malformed JSON: 400 `Failed to parse the request body as JSON: …`.
 """
@@ -23,9 +23,11 @@ UNDECODABLE: tuple[type[Exception], ...] = (
 
 
 def undecodable_reason(exc: Exception) -> str:
-    """Why a body did not decode, in the words msgspec uses for malformed JSON."""
+    """Why a body did not decode, in the words msgspec uses for malformed JSON. (msgspec
+    0.23 reports invalid UTF-8 itself, as `Invalid UTF-8 encoded string`; 0.22 let
+    UnicodeDecodeError out: both say the same.)"""
     if isinstance(exc, UnicodeDecodeError):
-        return "JSON is malformed: invalid UTF-8"
+        return "Invalid UTF-8 encoded string"
     if isinstance(exc, RecursionError):
         return "JSON is malformed: nested too deeply"
     return str(exc)
