@@ -333,6 +333,31 @@ class TestListParentCommits:
         assert delete(server, key, middle.commit_id).status_code == 204
         assert [c["id"] for c in parents(server, key, leaf.commit_id).json()] == [leaf.commit_id]
 
+    def test_each_commit_of_a_vm_names_its_previous_live_one(
+        self, server: Server, backend: Backend, key: Key
+    ) -> None:
+        started_from = make_commit(backend, key)
+        vm_id = str(uuid.uuid4())
+        first = make_commit(backend, key, grandparent=started_from, parent_vm_id=vm_id)
+        second = make_commit(backend, key, grandparent=started_from, parent_vm_id=vm_id)
+        third = make_commit(backend, key, grandparent=started_from, parent_vm_id=vm_id)
+        assert [c.grandparent_commit_id for c in (first, second, third)] == [
+            started_from.commit_id,
+            first.commit_id,
+            second.commit_id,
+        ]
+        chain = parents(server, key, third.commit_id).json()
+        assert [(c["id"], c["parent_vm_id"], c["grandparent_commit_id"]) for c in chain] == [
+            (third.commit_id, vm_id, second.commit_id),
+            (second.commit_id, vm_id, first.commit_id),
+            (first.commit_id, vm_id, started_from.commit_id),
+            (started_from.commit_id, started_from.parent_vm_id, None),
+        ]
+        # A deleted commit is passed over, as the walk would stop at it.
+        assert delete(server, key, third.commit_id).status_code == 204
+        fourth = make_commit(backend, key, grandparent=started_from, parent_vm_id=vm_id)
+        assert fourth.grandparent_commit_id == second.commit_id
+
     def test_a_colleague_may_read_it(
         self, server: Server, backend: Backend, key: Key, colleague: Key
     ) -> None:

@@ -1,4 +1,5 @@
-"""Inside a VM through the API and the official SDK: exec, streams, logs, files, identity.
+"""Inside a VM through the API and the official SDK: exec, streams, logs, files, identity,
+and the lineage of its commits.
 
 One server on SQLite for the module and one root VM that the tests share (each leaves it
 as it found it). The server's JSON file limit is lowered to 12 MiB so that its edges are
@@ -530,6 +531,73 @@ class TestIdentity:
         assert len(host_keys) == 3
         for branch in branches:
             guest.sdk(lambda c, b=branch: c.delete_vm(b))
+
+
+class TestLineage:
+    def test_each_commit_of_a_vm_names_the_one_before(self, guest: Guest) -> None:
+        """root: c1, c2; restored from c1: d1, d2, then a branch of it commits e."""
+
+        def commit(vm_id: str) -> str:
+            commit_id: str = guest.sdk(lambda c: c.commit_vm(vm_id, {}))["commit_id"]
+            return commit_id
+
+        def parents(commit_id: str) -> list[Any]:
+            chain: list[Any] = guest.sdk(lambda c: c.list_parent_commits(commit_id))
+            return chain
+
+        root = guest.vm_id
+        c1 = commit(root)
+        # Earlier tests of the module may have committed the shared root too.
+        history = parents(c1)[1:]
+        restored = guest.sdk(lambda c: c.restore_from_commit({"commit_id": c1}))["vm_id"]
+        d1 = commit(restored)
+        d2 = commit(restored)
+        c2 = commit(root)
+        [branch] = guest.sdk(lambda c: c.branch_by_vm(restored))["vms"]
+        e = guest.sdk(lambda c: c.get_vm_metadata(branch["vm_id"]))["parent_commit_id"]
+        listed = {
+            info["commit_id"]: info for info in guest.sdk(lambda c: c.list_commits())["commits"]
+        }
+
+        def entity(commit_id: str, vm_id: str, grandparent: str | None) -> dict[str, Any]:
+            info = listed[commit_id]
+            assert info["name"].startswith(f"commit: of_vm={vm_id} timestamp=")
+            assert info == {
+                "commit_id": commit_id,
+                "parent_vm_id": vm_id,
+                "grandparent_commit_id": grandparent,
+                "owner_id": guest.key.api_key_id,
+                "name": info["name"],
+                "description": None,
+                "created_at": info["created_at"],
+                "is_public": False,
+            }
+            return {
+                "id": commit_id,
+                "parent_vm_id": vm_id,
+                "grandparent_commit_id": grandparent,
+                "owner_id": guest.key.api_key_id,
+                "name": info["name"],
+                "description": None,
+                "created_at": info["created_at"].replace("+00:00", "Z"),
+                "is_public": False,
+            }
+
+        first = entity(c1, root, history[0]["id"] if history else None)
+        second = entity(d1, restored, c1)
+        third = entity(d2, restored, d1)
+        assert parents(d2) == [third, second, first, *history]
+        assert parents(c2) == [entity(c2, root, c1), first, *history]
+        assert parents(e) == [entity(e, restored, d2), third, second, first, *history]
+        # A VM's metadata still names the commit it was started from and that commit's VM.
+        for vm_id, started_from, its_vm in ((restored, c1, root), (branch["vm_id"], e, restored)):
+            metadata = guest.sdk(lambda c, v=vm_id: c.get_vm_metadata(v))
+            assert (metadata["parent_commit_id"], metadata["grandparent_vm_id"]) == (
+                started_from,
+                its_vm,
+            )
+        for vm_id in (branch["vm_id"], restored):
+            guest.sdk(lambda c, v=vm_id: c.delete_vm(v))
 
 
 class TestLogs:

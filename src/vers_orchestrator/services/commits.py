@@ -78,15 +78,17 @@ async def record(
     db: Database,
     owner_id: str,
     parent_vm_id: str,
-    grandparent_commit_id: str | None,
+    started_from: str | None,
     name: str | None = None,
     description: str | None = None,
     commit_id: str | None = None,
 ) -> Commit:
     """Store a new private commit of VM `parent_vm_id`, owned by the API key `owner_id`.
 
-    `grandparent_commit_id` is the commit that VM was started from, if any. The VM layer
-    calls this once the snapshot is safely written.
+    Its `grandparent_commit_id` is the VM's newest live commit, or for its first one the
+    commit the VM was `started_from`, as the hosted service does: committing a VM twice
+    chains the two, so `/parents` lists every commit of the line. The VM layer calls this
+    once the snapshot is safely written.
     """
     validate_text("name", name)
     validate_text("description", description)
@@ -96,12 +98,13 @@ async def record(
         owner = await identity.get_api_key(tx, owner_id)
         if owner is None:
             raise ValueError(f"no API key {owner_id}")
+        previous = await commit_store.latest_of_vm(tx, parent_vm_id)
         commit = Commit(
             commit_id=commit_id or new_id(),
             org_id=owner.org_id,
             owner_id=owner_id,
             parent_vm_id=parent_vm_id,
-            grandparent_commit_id=grandparent_commit_id,
+            grandparent_commit_id=previous or started_from,
             name=name or _default_name(parent_vm_id, rfc3339(created_at)),
             description=description,
             is_public=False,

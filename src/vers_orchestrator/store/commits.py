@@ -72,6 +72,16 @@ async def get(tx: Tx, commit_id: str) -> Commit | None:
     return None if row is None else _commit(row)
 
 
+async def latest_of_vm(tx: Tx, vm_id: str) -> str | None:
+    """The id of the VM's newest live commit, if it has one."""
+    commit_id = await tx.fetch_value(
+        "SELECT commit_id FROM commits WHERE parent_vm_id = $1 AND deleted_at IS NULL"
+        " ORDER BY created_at DESC, commit_id DESC LIMIT 1",
+        vm_id,
+    )
+    return _optional_id(commit_id)
+
+
 async def list_by_owner(tx: Tx, owner_id: str, limit: int, offset: int) -> list[Commit]:
     rows = await tx.fetch_all(
         _COLUMNS

@@ -1,10 +1,10 @@
 """Commits of VMs, VMs started from commits, and branches (both at once).
 
 A commit of a VM is owned by the key that asked for it, private, and records the VM and
-the commit the VM was started from. Starting VMs from a commit is all or nothing; a
-branch of a VM commits it first (a real, listed commit). References: `commit_id`, an
-organization-wide `tag_name`, `repo:tag` in the caller's organization, or `org/repo:tag`
-of another organization's public repository.
+the VM's previous commit (for its first, the commit the VM was started from). Starting
+VMs from a commit is all or nothing; a branch of a VM commits it first (a real, listed
+commit). References: `commit_id`, an organization-wide `tag_name`, `repo:tag` in the
+caller's organization, or `org/repo:tag` of another organization's public repository.
 """
 
 from __future__ import annotations
