@@ -76,21 +76,24 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             await driver.close()
             await db.close()
             raise
+        authenticator = Authenticator(db, settings.auth_cache_seconds)
         app.state[RUNTIME_KEY] = Runtime(
-            settings=settings,
-            db=db,
-            authenticator=Authenticator(db, settings.auth_cache_seconds),
-            vms=vm_service,
+            settings=settings, db=db, authenticator=authenticator, vms=vm_service
         )
-        purge = asyncio.create_task(
-            _purge_idempotency_records(db, timedelta(seconds=settings.idempotency_ttl_seconds))
-        )
+        tasks = [
+            asyncio.create_task(
+                _purge_idempotency_records(db, timedelta(seconds=settings.idempotency_ttl_seconds))
+            ),
+            asyncio.create_task(authenticator.watch_revocations()),
+        ]
         try:
             yield
         finally:
-            purge.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purge
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await vm_service.close()
             await driver.close()
             await db.close()

@@ -21,8 +21,9 @@ class Settings:
     # Empty means "a SQLite file inside data_dir"; see `effective_database_url`.
     database_url: str = ""
     log_level: str = "INFO"
-    # How long a verified API key is trusted without asking the database again.
-    # Revocations reach every replica within this many seconds; 0 disables the cache.
+    # How long a verified API key is remembered without asking the database again; 0
+    # disables the cache. Revocations do not wait for it: every server polls a revocation
+    # counter four times a second and forgets its cache when it moves (services/keys.py).
     auth_cache_seconds: float = 5.0
     max_body_bytes: int = 1024 * 1024
     # The JSON (base64) form of the files routes carries files up to this size, and exec

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 from vers_sdk import AuthenticationError
 
 from tests.shapes import TIMESTAMP
-from tests.support import Backend, Key, Server, error, make_key, sdk_call
+from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
+from vers_orchestrator.services import keys
+from vers_orchestrator.settings import Settings
+from vers_orchestrator.store.connect import open_database
 
 
 class TestWhoami:
@@ -103,6 +111,132 @@ class TestValidateKey:
                 response = client.post("/api/v1/keys/validate")
             assert response.status_code == 401
             assert response.json() == error("Invalid bearer token")
+
+
+def revoke(backend: Backend, key: Key) -> float:
+    """Revoke `key` through the service, in another process than the servers; the
+    monotonic time its transaction had committed."""
+
+    async def run() -> float:
+        db = await open_database(Settings.from_env(backend.env))
+        try:
+            await keys.revoke(db, key.api_key_id)
+            return time.monotonic()
+        finally:
+            await db.close()
+
+    return asyncio.run(run())
+
+
+def execute(backend: Backend, sql: str, *args: object) -> None:
+    """One statement on `backend`'s database, committed, as an operator's shell would."""
+
+    async def run() -> None:
+        db = await open_database(Settings.from_env(backend.env))
+        try:
+            await db.write(lambda tx: tx.execute(sql, *args))
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+
+
+def refused_within(client: httpx.Client, seconds: float) -> float:
+    """Seconds until `client`'s key is 401 `Invalid bearer token`; fails after `seconds`."""
+    start = time.monotonic()
+    while (elapsed := time.monotonic() - start) < seconds:
+        response = client.post("/api/v1/keys/validate")
+        if response.status_code != 200:
+            assert (response.status_code, response.json()) == (401, error("Invalid bearer token"))
+            return elapsed
+    raise AssertionError(f"still accepted after {seconds} s")
+
+
+def wait_for_log(server: Server, text: str, seconds: float = 10) -> None:
+    deadline = time.monotonic() + seconds
+    while text not in server.log_text():
+        assert time.monotonic() < deadline, f"{text!r} not logged:\n{server.log_text()}"
+        time.sleep(0.05)
+
+
+class TestRevocation:
+    def test_revoked_key_is_refused_within_a_second_on_every_replica(
+        self, server: Server, backend: Backend, tmp_path: Path
+    ) -> None:
+        # Replicas share PostgreSQL; SQLite has one server, but the revoke still comes from
+        # another process. The key cache keeps its default (5 s): the revocation must reach
+        # each server's cache, not wait for it to expire.
+        replicas = [server]
+        if backend.kind == "postgresql":
+            replicas.append(Server(backend, tmp_path / "replica.log").start())
+        revoked = make_key(backend)
+        clients = [replica.client(revoked.token) for replica in replicas]
+        try:
+            for client in clients:
+                for _ in range(3):
+                    assert client.post("/api/v1/keys/validate").status_code == 200
+            revoked_at = revoke(backend, revoked)
+            # One replica after the other: each must refuse by 1 s after the commit.
+            for client in clients:
+                refused_within(client, 1.0 - (time.monotonic() - revoked_at))
+            # Refused for good, not only once.
+            for client in clients:
+                assert client.post("/api/v1/keys/validate").status_code == 401
+        finally:
+            for client in clients:
+                client.close()
+            for replica in replicas[1:]:
+                replica.stop()
+
+    def test_a_cached_key_is_refused_from_its_expiry(
+        self, server: Server, backend: Backend
+    ) -> None:
+        expires_at = datetime.now(UTC) + timedelta(seconds=1.5)
+
+        async def create() -> str:
+            db = await open_database(Settings.from_env(backend.env))
+            try:
+                created = await keys.create(
+                    db, unique_name("org"), unique_name("user"), expires_at=expires_at
+                )
+                return created.api_key
+            finally:
+                await db.close()
+
+        with server.client(asyncio.run(create())) as client:
+            assert client.post("/api/v1/keys/validate").status_code == 200
+            time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()))
+            response = client.post("/api/v1/keys/validate")
+        assert (response.status_code, response.json()) == (401, error("Invalid bearer token"))
+
+    def test_while_revocations_cannot_be_read_keys_are_checked_per_request(
+        self, fresh_backend: Backend, tmp_path: Path
+    ) -> None:
+        running = Server(fresh_backend, tmp_path / "server.log").start()
+        victim = make_key(fresh_backend)
+        try:
+            with running.client(victim.token) as client:
+                assert client.post("/api/v1/keys/validate").status_code == 200
+                # The counter every server polls is gone: a database blip that lasts.
+                execute(fresh_backend, "ALTER TABLE api_key_generation RENAME TO blip")
+                wait_for_log(running, "reading the API key generation failed; retrying")
+                assert client.post("/api/v1/keys/validate").status_code == 200
+                # A revocation the server cannot be told of still reaches it, through the
+                # per-request check that replaces the cache meanwhile.
+                execute(
+                    fresh_backend,
+                    "UPDATE api_keys SET revoked_at = created_at WHERE api_key_id = $1",
+                    victim.api_key_id,
+                )
+                refused_within(client, 1.0)
+                execute(fresh_backend, "ALTER TABLE blip RENAME TO api_key_generation")
+                wait_for_log(running, "reading the API key generation works again")
+                log = running.log_text()
+                assert log.count("reading the API key generation failed") == 1, log
+            with running.client() as client:
+                assert client.get("/health").status_code == 200
+        finally:
+            running.stop()
 
 
 class TestIdentityWithSdk:

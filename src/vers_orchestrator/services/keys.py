@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import math
 import time
 import uuid
 from dataclasses import dataclass
@@ -14,6 +17,8 @@ from vers_orchestrator.ids import new_id
 from vers_orchestrator.services.validation import name_problem, validate_text
 from vers_orchestrator.store import identity
 from vers_orchestrator.store.database import Database, Tx, UniqueViolation, utc_now
+
+log = logging.getLogger("vers_orchestrator.keys")
 
 ORG_NAME_MAX = 64
 USER_NAME_MAX = 64
@@ -128,12 +133,25 @@ async def revoke(db: Database, api_key_id: str) -> None:
         raise KeyNotFound()
 
 
+# Each server reads the key generation (bumped by every revocation) this often, and
+# forgets the keys it has verified when it moved: a revoked key is refused within about
+# this time on every server, whichever process revoked it.
+REVOCATION_POLL_SECONDS = 0.25
+# A cached key is trusted only while the generation was read this recently. When the reads
+# stall or fail (a database blip, a starved pool), keys are verified against the database
+# again, so a revocation never goes unseen for longer than this.
+REVOCATION_TRUST_SECONDS = 0.75
+# A read that hangs (a connection lost without a reset) is abandoned and tried again.
+REVOCATION_READ_TIMEOUT_SECONDS = 5.0
+
+
 class Authenticator:
     """Turns an Authorization header into a Principal.
 
     Verified keys are remembered for `cache_seconds`, so a busy client costs no query per
-    request; a revocation therefore reaches this process within that time. Expiry is
-    checked on every request, cached or not.
+    request. `watch_revocations` (one task per server) drops them when any key is revoked,
+    and the cache is trusted only while that watch is current. Expiry is checked on every
+    request, cached or not.
     """
 
     _MAX_CACHED = 10_000
@@ -142,6 +160,11 @@ class Authenticator:
         self._db = db
         self._cache_seconds = cache_seconds
         self._cache: dict[str, tuple[Principal, float]] = {}
+        self._generation: int | None = None
+        # When the last successful read of the generation started (monotonic clock).
+        self._checked_at = -math.inf
+        # Moves on each time the cache is dropped for a new generation.
+        self._drops = 0
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an `Authorization: Bearer <key>` value; surrounding spaces and
@@ -153,18 +176,54 @@ class Authenticator:
         token = authorization[len(auth.BEARER_PREFIX) :]
         if not token:
             raise MissingCredentials()
+        now = time.monotonic()
         cached = self._cache.get(token)
-        if cached is not None and cached[1] > time.monotonic():
+        if (
+            cached is not None
+            and cached[1] > now
+            and now - self._checked_at < REVOCATION_TRUST_SECONDS
+        ):
             principal = cached[0]
         else:
+            drops = self._drops
             principal = await self._verify(token)
-            if self._cache_seconds > 0:
+            # A key read before a revocation that was noticed meanwhile stays out of the
+            # cache: it may be the revoked one.
+            if self._cache_seconds > 0 and drops == self._drops:
                 if len(self._cache) >= self._MAX_CACHED:
                     self._cache.clear()
                 self._cache[token] = (principal, time.monotonic() + self._cache_seconds)
         if principal.expires_at is not None and principal.expires_at <= utc_now():
             raise InvalidCredentials()
         return principal
+
+    async def check_revocations(self) -> None:
+        """Read the key generation once; forget every cached key if it moved."""
+        started = time.monotonic()
+        generation = await self._db.read(identity.get_api_key_generation)
+        if generation != self._generation:
+            self._cache.clear()
+            self._drops += 1
+            self._generation = generation
+        self._checked_at = started
+
+    async def watch_revocations(self) -> None:
+        """`check_revocations` every REVOCATION_POLL_SECONDS until cancelled. A failed read
+        is logged (once per outage) and retried; meanwhile keys are verified per request."""
+        failing = False
+        while True:
+            try:
+                async with asyncio.timeout(REVOCATION_READ_TIMEOUT_SECONDS):
+                    await self.check_revocations()
+            except Exception:
+                if not failing:
+                    log.exception("reading the API key generation failed; retrying")
+                failing = True
+            else:
+                if failing:
+                    log.info("reading the API key generation works again")
+                failing = False
+            await asyncio.sleep(REVOCATION_POLL_SECONDS)
 
     async def _verify(self, token: str) -> Principal:
         parts = auth.split_token(token)

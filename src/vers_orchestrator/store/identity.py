@@ -171,10 +171,21 @@ async def list_api_keys(tx: Tx, org_name: str | None) -> list[ApiKey]:
 
 
 async def revoke_api_key(tx: Tx, api_key_id: str, now: datetime) -> bool:
-    """Mark a key revoked; False when no such key exists. Revoking twice keeps the first time."""
+    """Mark a key revoked and move the key generation on, so that every server forgets
+    the keys it has cached; False when no such key exists. Revoking twice keeps the first
+    time."""
     changed = await tx.execute(
         "UPDATE api_keys SET revoked_at = COALESCE(revoked_at, $2) WHERE api_key_id = $1",
         api_key_id,
         now,
     )
-    return changed == 1
+    if changed != 1:
+        return False
+    await tx.execute("UPDATE api_key_generation SET generation = generation + 1 WHERE id = 1")
+    return True
+
+
+async def get_api_key_generation(tx: Tx) -> int:
+    """A number that changes whenever a key stops being valid before its expiry."""
+    generation: int = await tx.fetch_value("SELECT generation FROM api_key_generation WHERE id = 1")
+    return generation

@@ -55,6 +55,16 @@ api_keys = sa.Table(
     sa.Index("ix_api_keys_org_id", "org_id"),
 )
 
+# One row whose `generation` grows with every revocation, in the revoking transaction.
+# Each server reads it a few times a second and forgets the keys it has verified when it
+# moves, so its key cache never outlives a revocation by more than that.
+api_key_generation = sa.Table(
+    "api_key_generation",
+    metadata,
+    sa.Column("id", sa.Integer(), primary_key=True, autoincrement=False),
+    sa.Column("generation", sa.BigInteger(), nullable=False),
+)
+
 repositories = sa.Table(
     "repositories",
     metadata,
