@@ -58,6 +58,7 @@ def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]])
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
+    from vers_orchestrator.api.http_server import HeadLimits, bounded_http_protocol
     from vers_orchestrator.app import create_app
     from vers_orchestrator.store.migrate import upgrade
 
@@ -73,7 +74,12 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     config = uvicorn.Config(
         create_app(settings),
         loop="uvloop",
-        http="httptools",
+        http=bounded_http_protocol(
+            HeadLimits(settings.header_timeout_seconds, settings.max_header_bytes)
+        ),
+        # Idle keep-alive connections close after this many seconds (uvicorn's default, made
+        # explicit); a connection that has begun its next head is bounded by the head timeout.
+        timeout_keep_alive=5,
         lifespan="on",
         access_log=False,
         log_config=None,

@@ -26,6 +26,11 @@ class Settings:
     # counter four times a second and forgets its cache when it moves (services/keys.py).
     auth_cache_seconds: float = 5.0
     max_body_bytes: int = 1024 * 1024
+    # A connection must send a whole request head (request line and headers) within this
+    # many seconds of opening or of its previous response, else it is closed (408 when part
+    # of a head came); the head may be at most `max_header_bytes` long (431 beyond).
+    header_timeout_seconds: float = 10.0
+    max_header_bytes: int = 64 * 1024
     # The JSON (base64) form of the files routes carries files up to this size, and exec
     # bodies (stdin) may be as large; raw file transfers have no limit but the guest's disk.
     max_file_bytes: int = 64 * 1024 * 1024
@@ -68,6 +73,10 @@ class Settings:
                 log_level=(get("LOG_LEVEL") or defaults.log_level).upper(),
                 auth_cache_seconds=float(get("AUTH_CACHE_SECONDS") or defaults.auth_cache_seconds),
                 max_body_bytes=int(get("MAX_BODY_BYTES") or defaults.max_body_bytes),
+                header_timeout_seconds=float(
+                    get("HEADER_TIMEOUT_SECONDS") or defaults.header_timeout_seconds
+                ),
+                max_header_bytes=int(get("MAX_HEADER_BYTES") or defaults.max_header_bytes),
                 max_file_bytes=int(get("MAX_FILE_BYTES") or defaults.max_file_bytes),
                 exec_log_bytes_per_vm=int(
                     get("EXEC_LOG_BYTES_PER_VM") or defaults.exec_log_bytes_per_vm

@@ -33,7 +33,12 @@ def error_body(message: str) -> bytes:
 
 
 def error_response(status_code: int, message: str) -> Response[bytes]:
-    headers = {"WWW-Authenticate": "Bearer"} if status_code == 401 else None
+    headers = None
+    if status_code == 401:
+        headers = {"WWW-Authenticate": "Bearer"}
+    elif status_code == 413:
+        # The body is left unread: the connection cannot carry another request.
+        headers = {"Connection": "close"}
     return Response(
         error_body(message), status_code=status_code, media_type=MediaType.JSON, headers=headers
     )

@@ -19,9 +19,12 @@ from typing import Any
 from vers_orchestrator.api.access_log import AccessLog
 from vers_orchestrator.api.asgi import Message, RawApp, RawReceive, RawSend, read_body, replay
 from vers_orchestrator.api.direct import direct_call
+from vers_orchestrator.api.errors import error_body
+from vers_orchestrator.api.paths import routing_path
 from vers_orchestrator.api.query import check_integers, integer_parameters
+from vers_orchestrator.api.responses import json_reply
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
-from vers_orchestrator.errors import InvalidCredentials, UnsupportedMediaType
+from vers_orchestrator.errors import InvalidCredentials, PayloadTooLarge, UnsupportedMediaType
 from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import idempotency
 
@@ -45,7 +48,8 @@ def _caller_request_id(headers: dict[bytes, bytes]) -> str | None:
 
 
 class RequestContextMiddleware:
-    """Outermost layer: every response carries `X-Request-Id`; every request is logged."""
+    """Outermost layer: every response carries `X-Request-Id`; every request is logged;
+    the path is routed segment by segment (`api/paths.py`)."""
 
     def __init__(self, app: Any, access_log: AccessLog) -> None:
         self.app: RawApp = app
@@ -70,6 +74,12 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
+            path = routing_path(scope.get("raw_path") or scope["path"].encode("utf-8"))
+            if path is None:
+                message = f"no route for {scope['method']} {scope['path']}"
+                await json_reply(error_body(message), 404)(scope, receive, send_with_request_id)
+                return
+            scope["path"] = path
             await self.app(scope, receive, send_with_request_id)
         finally:
             self._access_log.write(
@@ -127,6 +137,9 @@ class ApiMiddleware:
         if raw is not None and scope["method"] != "HEAD" and raw.wants(headers):
             await raw(scope, receive, send)
             return
+        _check_declared_length(
+            headers, handler.resolve_request_max_body_size() or runtime.settings.max_body_bytes
+        )
         body_parameter = handler.parsed_fn_signature.parameters.get("data")
         if body_parameter is not None:
             _require_json(headers, body_parameter.has_default)
@@ -149,6 +162,15 @@ class ApiMiddleware:
             send,
             next_app,
         )
+
+
+def _check_declared_length(headers: dict[bytes, bytes], limit: int) -> None:
+    """413 from the header alone when the body declares more than `limit` bytes: a client
+    announcing a terabyte is told so now, not after the server waits for bytes it would
+    refuse anyway. (An invalid Content-Length never gets here: the HTTP parser answers 400.)"""
+    declared = headers.get(b"content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge()
 
 
 def _require_json(headers: dict[bytes, bytes], body_optional: bool) -> None:

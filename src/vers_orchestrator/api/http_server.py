@@ -1,0 +1,166 @@
+"""The HTTP/1.1 connection: uvicorn's httptools protocol, with the bounds a server facing
+untrusted clients needs on the part of a request that comes before any route runs.
+
+uvicorn reads a request head for as long as a client takes to send it and of any size,
+and answers a connection that never sends anything by never closing it. Here:
+- a connection must send a whole head within `header_timeout_seconds` of opening or of
+  its previous response (slowloris); when part of a head came it gets 408, when nothing
+  came it is closed without a word, as an idle keep-alive connection is;
+- a head (request line and header fields) longer than `max_header_bytes` gets 431,
+  found while it arrives, not after buffering all of it;
+- a head the parser rejects gets 400 in the JSON error shape of every other error.
+Each of these replies closes the connection: what follows on it cannot be trusted to be
+at a request boundary. So does any response sent before its request's body has all come.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import http
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from vers_orchestrator.api.errors import error_body
+
+log = logging.getLogger("vers_orchestrator.http")
+
+
+@dataclass(frozen=True, slots=True)
+class HeadLimits:
+    """Settings `header_timeout_seconds` and `max_header_bytes`."""
+
+    timeout_seconds: float
+    max_bytes: int
+
+
+class _HeadRefused(Exception):
+    """Raised inside a parser callback to stop parsing; the reply is already chosen."""
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    """`HttpToolsProtocol` with a head timeout, a head size limit and JSON parse errors."""
+
+    def __init__(self, *args: Any, head_limits: HeadLimits, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._limits = head_limits
+        self._head_timer: asyncio.TimerHandle | None = None
+        # From a head's first byte to its end (the parser's message-begin to headers-complete).
+        self._head_open = False
+        # The head's size as the parser reports it (URL, names, values, separators), and the
+        # bytes of chunks wholly inside a head: the parser buffers an unfinished field
+        # without telling us, so the second bounds what it holds.
+        self._head_fields = 0
+        self._head_buffered = 0
+        self._refusal: tuple[int, str] | None = None
+
+    # Connection events
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        inside_head = self._head_open
+        super().data_received(data)
+        if inside_head and self._head_open and not self.transport.is_closing():
+            self._head_buffered += len(data)
+            if self._head_buffered > self._limits.max_bytes:
+                self._refuse(*self._too_large())
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to anything the parser raises, our refusals included.
+        status, message = self._refusal or (400, "invalid HTTP request")
+        self._refuse(status, message)
+
+    # Parser callbacks
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._head_open = True
+        self._head_fields = 0
+        self._head_buffered = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._count(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self._head_open = False
+        self._disarm_head_timer()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.transport.is_closing() or not (self.cycle is None or self.cycle.response_complete):
+            return  # closed, or a pipelined request is running already
+        if self.cycle is not None and self.cycle.more_body:
+            # Answered before its body came (401, 413, ...): the rest of the body would be
+            # read only to be dropped, for as long as the client cares to send it.
+            self.transport.close()
+            return
+        # The next head's clock starts now.
+        self._arm_head_timer()
+
+    # Bounds
+
+    def _count(self, size: int) -> None:
+        self._head_fields += size
+        if self._head_fields > self._limits.max_bytes:
+            self._refusal = self._too_large()
+            raise _HeadRefused()
+
+    def _too_large(self) -> tuple[int, str]:
+        return 431, f"request header fields are too large (limit {self._limits.max_bytes} bytes)"
+
+    def _arm_head_timer(self) -> None:
+        self._disarm_head_timer()
+        self._head_timer = self.loop.call_later(self._limits.timeout_seconds, self._head_timed_out)
+
+    def _disarm_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._head_open:
+            self._refuse(
+                408, f"request header not received within {self._limits.timeout_seconds:g} s"
+            )
+        else:
+            self.transport.close()
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Reply `status` with `message` as a JSON error (unless a response is under way,
+        which the reply would corrupt), then close the connection."""
+        self._disarm_head_timer()
+        if self.cycle is None or self.cycle.response_complete:
+            body = error_body(message)
+            head = (
+                f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+                "content-type: application/json\r\n"
+                f"content-length: {len(body)}\r\n"
+                "connection: close\r\n\r\n"
+            )
+            self.transport.write(head.encode("ascii") + body)
+        log.info("refused a request head: %d %s", status, message)
+        self.transport.close()
+
+
+def bounded_http_protocol(limits: HeadLimits) -> type[asyncio.Protocol]:
+    """The protocol factory to give `uvicorn.Config(http=...)`; uvicorn only calls it."""
+    return cast(type[asyncio.Protocol], functools.partial(BoundedHttpProtocol, head_limits=limits))
