@@ -47,6 +47,7 @@ class Principal:
     expires_at: datetime | None
     max_vcpus: int | None
     max_memory_mib: int | None
+    max_disk_mib: int | None
 
 
 def new_key() -> NewKey:

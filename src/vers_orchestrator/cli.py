@@ -115,6 +115,7 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
             label=args.label,
             max_vcpus=args.max_vcpus,
             max_memory_mib=args.max_memory_mib,
+            max_disk_mib=args.max_disk_mib,
         ),
     )
     if args.format == "json":
@@ -222,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--max-vcpus", type=int, help="vCPUs the key's live VMs may use together")
     create.add_argument(
         "--max-memory-mib", type=int, help="MiB of RAM the key's live VMs may use together"
+    )
+    create.add_argument(
+        "--max-disk-mib", type=int, help="MiB of disk the key's live VMs may have together"
     )
     create.add_argument("--format", choices=("text", "json"), default="text")
     create.set_defaults(run=_keys_create)

@@ -53,6 +53,10 @@ class Settings:
     # counts each VM's full RAM size; 0 means three quarters of the host's memory.
     max_vms: int = 32
     max_vm_memory_mib: int = 0
+    # The disks of live VMs together (their full sizes, though a disk takes space only as
+    # the guest writes it); 0 means the free space of the VM state directory's filesystem
+    # at the time of the request (`vm_disk_budget_mib`).
+    max_vm_disk_mib: int = 0
     # Simple handlers are called without Litestar's per-request pipeline (api/direct.py);
     # the replies are the same either way. Off is a way to rule that path out.
     direct_handler_calls: bool = True
@@ -98,6 +102,7 @@ class Settings:
                 vm_runtime_dir=Path(get("VM_RUNTIME_DIR") or defaults.vm_runtime_dir),
                 max_vms=int(get("MAX_VMS") or defaults.max_vms),
                 max_vm_memory_mib=int(get("MAX_VM_MEMORY_MIB") or defaults.max_vm_memory_mib),
+                max_vm_disk_mib=int(get("MAX_VM_DISK_MIB") or defaults.max_vm_disk_mib),
                 direct_handler_calls=_flag("DIRECT_HANDLER_CALLS", get("DIRECT_HANDLER_CALLS")),
             )
         except ValueError as exc:
@@ -128,6 +133,18 @@ class Settings:
             return self.max_vm_memory_mib
         pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
         return pages * 3 // 4 // (1024 * 1024)
+
+    def vm_disk_budget_mib(self) -> int:
+        """MiB the disks of this server's live VMs may add up to: `max_vm_disk_mib`, else
+        the space free now on the filesystem of the VM state directory (or of the nearest
+        existing folder above it, before it is made)."""
+        if self.max_vm_disk_mib:
+            return self.max_vm_disk_mib
+        folder = self.effective_vm_state_dir.resolve()
+        while not folder.exists():
+            folder = folder.parent
+        stats = os.statvfs(folder)
+        return stats.f_bavail * stats.f_frsize // (1024 * 1024)
 
     @property
     def effective_database_url(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -151,6 +152,40 @@ class TestVmOfAnotherServer:
 
 def _vm_elsewhere(backend: Backend, key: Key) -> str:
     """A running VM of `key`, recorded by another server of the same database."""
+    return _record_vm(backend, key, "another-host:/var/lib/vers/vm-state")
+
+
+def _vm_here(backend: Backend, key: Key) -> str:
+    """A VM of `key` recorded as running on the test server, with no guest behind it: for
+    requests refused before the driver is asked (end it with `_end_vm`)."""
+    return _record_vm(backend, key, Settings.from_env(backend.env).vm_node)
+
+
+def _recorded_disk_mib(backend: Backend, vm_id: str) -> int:
+    async def run() -> int:
+        db = await open_database(Settings.from_env(backend.env))
+        try:
+            vm = await db.read(lambda tx: vm_store.get(tx, vm_id))
+        finally:
+            await db.close()
+        assert vm is not None
+        return vm.disk_mib
+
+    return asyncio.run(run())
+
+
+def _end_vm(backend: Backend, vm_id: str) -> None:
+    async def run() -> None:
+        db = await open_database(Settings.from_env(backend.env))
+        try:
+            await db.write(lambda tx: vm_store.set_state(tx, vm_id, State.DELETED))
+        finally:
+            await db.close()
+
+    asyncio.run(run())
+
+
+def _record_vm(backend: Backend, key: Key, node: str) -> str:
     vm = Vm(
         vm_id=str(uuid.uuid4()),
         org_id=key.org_id,
@@ -164,7 +199,7 @@ def _vm_elsewhere(backend: Backend, key: Key) -> str:
         ssh_port=None,
         created_at=utc_now(),
         deleted_at=None,
-        node="another-host:/var/lib/vers/vm-state",
+        node=node,
     )
 
     async def run() -> None:
@@ -243,6 +278,47 @@ class TestNewRoot:
         )
         assert _send(server, limited.token, "GET", "/api/v1/vm", None).json() == []
 
+    def test_key_disk_limit_is_403(self, backend: Backend, server: Server) -> None:
+        limited = _limited_key(backend, "--max-disk-mib", "512")
+        response = _send(server, limited.token, "POST", "/api/v1/vm/new_root", ROOT)
+        assert response.status_code == 403
+        assert response.json() == error(
+            "disk (MiB) limit exceeded: this API key's VMs may use 512 in total,"
+            " 0 in use, 1024 requested"
+        )
+
+    def test_key_disk_limit_holds_for_growing_a_disk(
+        self, backend: Backend, server: Server
+    ) -> None:
+        limited = _limited_key(backend, "--max-disk-mib", "1500")
+        vm_id = _vm_here(backend, limited)
+        try:
+            response = _send(
+                server, limited.token, "PATCH", f"/api/v1/vm/{vm_id}/disk", {"fs_size_mib": 2048}
+            )
+            assert response.status_code == 403
+            assert response.json() == error(
+                "disk (MiB) limit exceeded: this API key's VMs may use 1500 in total,"
+                " 1024 in use, 1024 requested"
+            )
+            assert _recorded_disk_mib(backend, vm_id) == 1024
+        finally:
+            _end_vm(backend, vm_id)
+
+    def test_a_disk_larger_than_the_free_space_is_429(self, server: Server, key: Key) -> None:
+        # The default server cap: the state directory's free space (here far below 2 PiB).
+        huge = {"vm_config": {**ROOT["vm_config"], "fs_size_mib": 2**31 - 1}}
+        response = _send(server, key.token, "POST", "/api/v1/vm/new_root", huge)
+        assert response.status_code == 429
+        assert re.fullmatch(
+            r"server at capacity: \d+ of \d+ MiB of VM disk in use, 2147483647 more requested",
+            response.json()["error"],
+        )
+        grown = _send(
+            server, key.token, "PATCH", f"/api/v1/vm/{UNKNOWN}/disk", {"fs_size_mib": 2**31 - 1}
+        )
+        assert (grown.status_code, grown.json()) == (404, error("vm not found"))
+
     @pytest.mark.parametrize(
         ("settings", "message"),
         [
@@ -250,6 +326,10 @@ class TestNewRoot:
             (
                 {"MAX_VM_MEMORY_MIB": "200"},
                 "server at capacity: 0 of 200 MiB of VM memory in use, 256 more requested",
+            ),
+            (
+                {"MAX_VM_DISK_MIB": "512"},
+                "server at capacity: 0 of 512 MiB of VM disk in use, 1024 more requested",
             ),
         ],
     )

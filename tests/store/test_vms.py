@@ -45,7 +45,7 @@ def test_rows_move_through_their_states(fresh_backend: Backend) -> None:
 
         await db.write(insert)
         assert await db.read(lambda tx: vm_store.usage_of_owner(tx, key.api_key_id)) == Usage(
-            2, 4, 768
+            2, 4, 768, 2048
         )
         assert await db.read(lambda tx: commit_store.count_live_vms(tx, commit.commit_id)) == 2
         await db.write(lambda tx: vm_store.set_state(tx, first.vm_id, State.RUNNING, utc_now()))
@@ -68,10 +68,10 @@ def test_rows_move_through_their_states(fresh_backend: Backend) -> None:
         assert [vm.vm_id for vm in listed] == [first.vm_id]
         assert await db.read(lambda tx: commit_store.count_live_vms(tx, commit.commit_id)) == 1
         assert await db.read(lambda tx: vm_store.usage_of_node(tx, "host-a:/state")) == Usage(
-            1, 2, 256
+            1, 2, 256, 2048
         )
         assert await db.read(lambda tx: vm_store.usage_of_node(tx, "host-b:/state")) == Usage(
-            0, 0, 0
+            0, 0, 0, 0
         )
         on_node = await db.read(lambda tx: vm_store.list_live_on_node(tx, "host-a:/state"))
         assert [vm.vm_id for vm in on_node] == [first.vm_id]

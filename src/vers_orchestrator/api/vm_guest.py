@@ -201,7 +201,16 @@ class RawFileRoute:
             mode = _octal_mode(query.get("mode", [None])[-1])
             create_dirs = _flag(query.get("create_dirs", ["false"])[-1])
             try:
-                await guest.upload(caller, vm_id, path, _request_body(receive), mode, create_dirs)
+                declared = dict(scope["headers"]).get(b"content-length", b"")
+                await guest.upload(
+                    caller,
+                    vm_id,
+                    path,
+                    _request_body(receive),
+                    mode,
+                    create_dirs,
+                    int(declared) if declared.isdigit() else None,
+                )
             except ClientGone:
                 return  # the guest has dropped the partial file; nobody is left to tell
             await json_reply(None, 200)(scope, receive, send)

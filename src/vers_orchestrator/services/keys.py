@@ -54,6 +54,7 @@ def _principal(key: identity.ApiKey) -> Principal:
         expires_at=key.expires_at,
         max_vcpus=key.max_vcpus,
         max_memory_mib=key.max_memory_mib,
+        max_disk_mib=key.max_disk_mib,
     )
 
 
@@ -66,12 +67,18 @@ async def create(
     expires_at: datetime | None = None,
     max_vcpus: int | None = None,
     max_memory_mib: int | None = None,
+    max_disk_mib: int | None = None,
 ) -> CreatedKey:
     """A new key for `user_name` in `org_name`, creating the organization and user if missing.
 
-    `max_vcpus` and `max_memory_mib` cap what the key's live VMs may use together.
+    `max_vcpus`, `max_memory_mib` and `max_disk_mib` cap what the key's live VMs may use
+    together. Raises `InvalidField` for a limit outside 0..2**31-1 or a bad name.
     """
-    for field, limit in (("max_vcpus", max_vcpus), ("max_memory_mib", max_memory_mib)):
+    for field, limit in (
+        ("max_vcpus", max_vcpus),
+        ("max_memory_mib", max_memory_mib),
+        ("max_disk_mib", max_disk_mib),
+    ):
         if limit is not None and not 0 <= limit <= 2**31 - 1:
             raise InvalidField(f"{field} must be between 0 and {2**31 - 1}")
     for field, value in (("organization name", org_name), ("user name", user_name)):
@@ -101,6 +108,7 @@ async def create(
             expires_at,
             max_vcpus,
             max_memory_mib,
+            max_disk_mib,
         )
         return CreatedKey(
             api_key=key.token,

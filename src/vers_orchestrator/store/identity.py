@@ -40,6 +40,7 @@ class ApiKey:
     revoked_at: datetime | None
     max_vcpus: int | None
     max_memory_mib: int | None
+    max_disk_mib: int | None
 
 
 def _organization(row: Row) -> Organization:
@@ -71,6 +72,7 @@ def _api_key(row: Row) -> ApiKey:
         revoked_at=as_optional_datetime(row["revoked_at"]),
         max_vcpus=row["max_vcpus"],
         max_memory_mib=row["max_memory_mib"],
+        max_disk_mib=row["max_disk_mib"],
     )
 
 
@@ -127,10 +129,12 @@ async def insert_api_key(
     expires_at: datetime | None,
     max_vcpus: int | None = None,
     max_memory_mib: int | None = None,
+    max_disk_mib: int | None = None,
 ) -> None:
     await tx.execute(
         "INSERT INTO api_keys (api_key_id, org_id, user_id, label, secret_hash, created_at,"
-        " expires_at, max_vcpus, max_memory_mib) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        " expires_at, max_vcpus, max_memory_mib, max_disk_mib)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         api_key_id,
         org_id,
         user_id,
@@ -140,13 +144,14 @@ async def insert_api_key(
         expires_at,
         max_vcpus,
         max_memory_mib,
+        max_disk_mib,
     )
 
 
 _API_KEY_COLUMNS = (
     "SELECT k.api_key_id, k.org_id, o.name AS org_name, k.user_id, u.user_name, u.email,"
     " k.label, k.secret_hash, k.created_at, k.expires_at, k.revoked_at,"
-    " k.max_vcpus, k.max_memory_mib"
+    " k.max_vcpus, k.max_memory_mib, k.max_disk_mib"
     " FROM api_keys k"
     " JOIN organizations o ON o.org_id = k.org_id"
     " JOIN users u ON u.user_id = k.user_id"

@@ -52,6 +52,7 @@ api_keys = sa.Table(
     sa.Column("revoked_at", Timestamp, nullable=True),
     sa.Column("max_vcpus", sa.Integer(), nullable=True),
     sa.Column("max_memory_mib", sa.Integer(), nullable=True),
+    sa.Column("max_disk_mib", sa.Integer(), nullable=True),
     sa.Index("ix_api_keys_org_id", "org_id"),
 )
 
@@ -122,6 +123,15 @@ _PUBLIC_COMMIT = "is_public AND deleted_at IS NULL"
 sa.Index(
     "ix_commits_owner_created",
     commits.c.owner_id,
+    commits.c.created_at,
+    commits.c.commit_id,
+    sqlite_where=sa.text(_LIVE_COMMIT),
+    postgresql_where=sa.text(_LIVE_COMMIT),
+)
+# A VM's newest live commit: the grandparent of its next commit (store/commits.py).
+sa.Index(
+    "ix_commits_vm_created",
+    commits.c.parent_vm_id,
     commits.c.created_at,
     commits.c.commit_id,
     sqlite_where=sa.text(_LIVE_COMMIT),

@@ -49,6 +49,7 @@ class Usage:
     vms: int
     vcpus: int
     mem_mib: int
+    disk_mib: int
 
 
 _FIELDS = (
@@ -129,22 +130,23 @@ async def list_live_on_node(tx: Tx, node: str) -> list[Vm]:
 async def usage_of_owner(tx: Tx, owner_id: str) -> Usage:
     row = await tx.fetch_one(
         "SELECT count(*) AS n, coalesce(sum(vcpus), 0) AS vcpus,"
-        " coalesce(sum(mem_mib), 0) AS mem_mib FROM vms"
-        " WHERE owner_id = $1 AND deleted_at IS NULL",
+        " coalesce(sum(mem_mib), 0) AS mem_mib, coalesce(sum(disk_mib), 0) AS disk_mib"
+        " FROM vms WHERE owner_id = $1 AND deleted_at IS NULL",
         owner_id,
     )
     assert row is not None
-    return Usage(int(row["n"]), int(row["vcpus"]), int(row["mem_mib"]))
+    return Usage(int(row["n"]), int(row["vcpus"]), int(row["mem_mib"]), int(row["disk_mib"]))
 
 
 async def usage_of_node(tx: Tx, node: str) -> Usage:
     row = await tx.fetch_one(
         "SELECT count(*) AS n, coalesce(sum(vcpus), 0) AS vcpus,"
-        " coalesce(sum(mem_mib), 0) AS mem_mib FROM vms WHERE node = $1 AND deleted_at IS NULL",
+        " coalesce(sum(mem_mib), 0) AS mem_mib, coalesce(sum(disk_mib), 0) AS disk_mib"
+        " FROM vms WHERE node = $1 AND deleted_at IS NULL",
         node,
     )
     assert row is not None
-    return Usage(int(row["n"]), int(row["vcpus"]), int(row["mem_mib"]))
+    return Usage(int(row["n"]), int(row["vcpus"]), int(row["mem_mib"]), int(row["disk_mib"]))
 
 
 async def set_state(tx: Tx, vm_id: str, state: State, now: datetime | None = None) -> None:

@@ -7,7 +7,8 @@ Rules (`decisions.md`, `docs/decisions.md` § VMs):
   and the outcome after; no transaction is open during a driver call. Driver work runs in a
   task of its own, so a client that hangs up cannot leave a half-recorded VM behind.
 - Limits are checked, and the intent rows written, under one lock per process: per key
-  (`max_vcpus`, `max_memory_mib`, 403) and per server (`max_vms`, memory, 429).
+  (`max_vcpus`, `max_memory_mib`, `max_disk_mib`, 403) and per server (`max_vms`, memory,
+  disk, 429).
 """
 
 from __future__ import annotations
@@ -208,25 +209,20 @@ class VmContext:
     # -- admission ----------------------------------------------------------------------
 
     async def admit(self, principal: Principal, new: Sequence[Vm], *, record: bool) -> None:
-        """Check the limits for `new`; when `record`, write their intent rows, atomically."""
-        settings = self.settings
-        vcpus = sum(vm.vcpus for vm in new)
-        mem_mib = sum(vm.mem_mib for vm in new)
+        """Check the limits for `new`; when `record`, write their intent rows, atomically.
+
+        Raises `KeyLimitExceeded` (403) past the key's `max_vcpus`, `max_memory_mib` or
+        `max_disk_mib`, `ServerAtCapacity` (429) past this server's VMs, memory or disk.
+        """
+        wanted = vm_store.Usage(
+            len(new),
+            sum(vm.vcpus for vm in new),
+            sum(vm.mem_mib for vm in new),
+            sum(vm.disk_mib for vm in new),
+        )
 
         async def unit(tx: Tx) -> None:
-            own = await vm_store.usage_of_owner(tx, principal.api_key_id)
-            if principal.max_vcpus is not None and own.vcpus + vcpus > principal.max_vcpus:
-                raise KeyLimitExceeded("vCPU", principal.max_vcpus, own.vcpus, vcpus)
-            limit = principal.max_memory_mib
-            if limit is not None and own.mem_mib + mem_mib > limit:
-                raise KeyLimitExceeded("memory (MiB)", limit, own.mem_mib, mem_mib)
-            server = await vm_store.usage_of_node(tx, self.node)
-            if server.vms + len(new) > settings.max_vms:
-                raise ServerAtCapacity("VMs", settings.max_vms, server.vms, len(new))
-            if server.mem_mib + mem_mib > self.max_memory_mib:
-                raise ServerAtCapacity(
-                    "MiB of VM memory", self.max_memory_mib, server.mem_mib, mem_mib
-                )
+            await self._check_limits(tx, principal, wanted)
             if record:
                 for vm in new:
                     await vm_store.insert(tx, vm)
@@ -236,6 +232,42 @@ class VmContext:
                 await self.db.write(unit)
             else:
                 await self.db.read(unit)
+
+    async def admit_disk_growth(self, principal: Principal, vm: Vm, disk_mib: int) -> None:
+        """Check the disk limits for growing `vm`'s disk to `disk_mib` and record the new
+        size, atomically; raises as `admit`."""
+        wanted = vm_store.Usage(0, 0, 0, disk_mib - vm.disk_mib)
+
+        async def unit(tx: Tx) -> None:
+            await self._check_limits(tx, principal, wanted)
+            await vm_store.set_disk(tx, vm.vm_id, disk_mib)
+
+        async with self._admission:
+            await self.db.write(unit)
+
+    async def _check_limits(self, tx: Tx, principal: Principal, wanted: vm_store.Usage) -> None:
+        own = await vm_store.usage_of_owner(tx, principal.api_key_id)
+        for resource, limit, used, requested in (
+            ("vCPU", principal.max_vcpus, own.vcpus, wanted.vcpus),
+            ("memory (MiB)", principal.max_memory_mib, own.mem_mib, wanted.mem_mib),
+            ("disk (MiB)", principal.max_disk_mib, own.disk_mib, wanted.disk_mib),
+        ):
+            if requested and limit is not None and used + requested > limit:
+                raise KeyLimitExceeded(resource, limit, used, requested)
+        server = await vm_store.usage_of_node(tx, self.node)
+        for resource, limit, used, requested in (
+            ("VMs", self.settings.max_vms, server.vms, wanted.vms),
+            ("MiB of VM memory", self.max_memory_mib, server.mem_mib, wanted.mem_mib),
+        ):
+            if requested and used + requested > limit:
+                raise ServerAtCapacity(resource, limit, used, requested)
+        if wanted.disk_mib:
+            # Measured only when asked: the default budget is the disk's free space now.
+            disk_limit = self.settings.vm_disk_budget_mib()
+            if server.disk_mib + wanted.disk_mib > disk_limit:
+                raise ServerAtCapacity(
+                    "MiB of VM disk", disk_limit, server.disk_mib, wanted.disk_mib
+                )
 
     def intent(
         self,

@@ -309,12 +309,20 @@ class Guest:
         data: bytes | AsyncIterable[bytes],
         mode: int | None,
         create_dirs: bool,
+        declared_bytes: int | None = None,
     ) -> int:
-        """Replace a regular file with `data` (any size); it is never half-written."""
+        """Replace a regular file with `data` (any size the disk holds); it is never
+        half-written. `declared_bytes`, the body's announced size, larger than the VM's
+        whole disk raises `PayloadTooLarge` (413) before a byte is read."""
         checked = _path(path, missing="path must not be empty")
         if mode is not None and not 0 <= mode <= 0o7777:
             raise BadRequest("mode must be between 0 and 0o7777")
         vm = await self._context.alive(principal, vm_id)
+        if declared_bytes is not None and declared_bytes > vm.disk_mib * 1024 * 1024:
+            raise PayloadTooLarge(
+                f"the file ({declared_bytes} bytes) is larger than the VM's disk"
+                f" ({vm.disk_mib} MiB)"
+            )
         async with self._context.driver_call(vm.vm_id, "write the file"):
             return await self._context.driver.write_file(
                 vm.vm_id, checked, data, mode=mode, create_dirs=create_dirs

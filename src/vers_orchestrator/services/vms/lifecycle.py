@@ -194,8 +194,18 @@ class Lifecycle:
                 f"fs_size_mib must be larger than the current size ({vm.disk_mib} MiB)"
             )
         async with context.driver_call(vm.vm_id, "resize the disk"):
-            await context.detached(context.driver.grow_disk(vm.vm_id, disk_mib))
-        await context.db.write(lambda tx: vm_store.set_disk(tx, vm.vm_id, disk_mib))
+            await context.detached(self._grow_disk(principal, vm, disk_mib))
+
+    async def _grow_disk(self, principal: Principal, vm: Vm, disk_mib: int) -> None:
+        # The new size is recorded with the limit check, before the disk grows, so two
+        # resizes at once cannot both fit under a limit; a failed grow puts it back.
+        context = self._context
+        await context.admit_disk_growth(principal, vm, disk_mib)
+        try:
+            await context.driver.grow_disk(vm.vm_id, disk_mib)
+        except BaseException:
+            await context.db.write(lambda tx: vm_store.set_disk(tx, vm.vm_id, vm.disk_mib))
+            raise
 
     async def set_labels(
         self, principal: Principal, vm_id: str, labels: dict[str, str], *, replace_all: bool
