@@ -1,13 +1,23 @@
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import POSTGRES_URL_VARIABLE, RUNTIME_DIRS, Backend, Key, Server, make_key
+from tests.support import (
+    POSTGRES_URL_VARIABLE,
+    RUNTIME_DIRS,
+    Backend,
+    Key,
+    Server,
+    make_key,
+    qemu_processes,
+)
 
 
 def _backends() -> list[object]:
@@ -27,6 +37,11 @@ def _stop_leftover_servers() -> Iterator[None]:
     for server in Server.started:
         server.stop()
     for runtime_dir in RUNTIME_DIRS:
+        # VMs outlive their server by design; a test that failed before deleting its VMs
+        # must not leave them running on the machine.
+        for pid in qemu_processes(runtime_dir):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         shutil.rmtree(runtime_dir, ignore_errors=True)
 
 

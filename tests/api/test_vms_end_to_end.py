@@ -9,6 +9,7 @@ Everything the module made is deleted at the end, and no QEMU process of it surv
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import signal
@@ -415,6 +416,60 @@ def test_a_vm_half_made_when_the_server_died_is_removed_at_start(story: Story) -
     assert listed == [story.values["root"]]
     assert not [pid for pid in qemu_processes(vm_id)]
     assert not (story.state_dir() / "vms" / vm_id).exists()
+
+
+@pytest.mark.parametrize("keep_paused", [False, True])
+def test_a_commit_cut_by_a_crash_leaves_the_vm_as_asked_and_nothing_behind(
+    story: Story, keep_paused: bool
+) -> None:
+    root = story.values["root"]
+    state_dir, runtime_dir = story.state_dir(), Path(story.runtime_dir())
+
+    def commit() -> None:
+        with story.server.client(story.owner.token) as client, contextlib.suppress(httpx.HTTPError):
+            client.post(f"/api/v1/vm/{root}/commit", params={"keep_paused": keep_paused}, json={})
+
+    committing = threading.Thread(target=commit)
+    committing.start()
+    # The commit's folder appears just before the guest stops; it is stopped for ~60 ms.
+    deadline = time.monotonic() + 30
+    while not list((state_dir / "commits").glob(".*.partial")):
+        assert time.monotonic() < deadline, "the commit never started"
+        time.sleep(0.001)
+    time.sleep(0.02)
+    assert story.server.process is not None
+    story.server.process.kill()
+    story.server.process.wait()
+    committing.join()
+    # What crashes at other moments leave, planted: the restart must remove these too.
+    planted = [
+        state_dir / "vms" / str(uuid.uuid4()),
+        state_dir / "commits" / f".{uuid.uuid4()}.partial",
+        runtime_dir / str(uuid.uuid4()),
+        runtime_dir / f".helper-{uuid.uuid4().hex[:8]}-1",
+    ]
+    for folder in planted:
+        folder.mkdir()
+    (planted[1] / "ram").write_bytes(b"half a commit")
+    story.server.start()
+
+    # The state the user last asked for: running, or paused when they said keep_paused.
+    state = story.sdk(story.owner, lambda c: c.vm_status(root))["state"]
+    assert state == ("paused" if keep_paused else "running")
+    if keep_paused:
+        story.sdk(story.owner, lambda c: c.update_vm_state(root, {"state": "Running"}))
+    assert _exec(story, story.owner, root, ["echo", "on"])["stdout"] == "on\n"
+    # Nothing half-made is left: files, folders and processes are those of live things.
+    assert sorted(path.name for path in (state_dir / "vms").iterdir()) == [root]
+    assert sorted(path.name for path in runtime_dir.iterdir()) == [root]
+    assert [path.name for path in (state_dir / "commits").glob(".*")] == []
+    on_record = set()
+    for key in (story.owner, story.other):
+        with story.server.client(key.token) as client:
+            listed = client.get("/api/v1/commits", params={"limit": 100}).json()
+        on_record |= {commit["commit_id"] for commit in listed["commits"]}
+    assert {path.name for path in (state_dir / "commits").iterdir()} <= on_record
+    assert len(qemu_processes(story.runtime_dir())) == 1
 
 
 def test_ssh_key_and_disk_growth(story: Story) -> None:

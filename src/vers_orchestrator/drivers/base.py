@@ -273,6 +273,12 @@ class VmDriver(Protocol):
 
     async def inventory(self) -> Inventory: ...
 
+    async def remove_leftovers(self) -> list[str]:
+        """Remove the files and processes of operations a crash cut short (unfinished
+        commits and VMs, helpers, runtime folders of VMs that are gone); returns what went.
+        Only while no operation runs: at start-up, before `inventory`."""
+        ...
+
     async def close(self) -> None:
         """Drop connections to guests; VMs keep running for the next driver object."""
         ...

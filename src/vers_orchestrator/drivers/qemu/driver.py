@@ -166,6 +166,9 @@ class QemuDriver:
             commits=tuple(self._snapshots.commits()),
         )
 
+    async def remove_leftovers(self) -> list[str]:
+        return await self._host.remove_leftovers()
+
     async def _status_if_exists(self, vm_id: str) -> VmInfo | None:
         try:
             return await self.status(vm_id)

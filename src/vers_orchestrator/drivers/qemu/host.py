@@ -207,6 +207,38 @@ class VmHost:
                 if str(initrd) not in referenced:
                     initrd.unlink(missing_ok=True)
 
+    async def remove_leftovers(self) -> list[str]:
+        """Remove what operations cut short by a crash left behind; returns what went, for
+        the log. Only safe while no operation runs (at start-up, before serving):
+        - `commits/.<id>.partial/`: commits that were being written;
+        - `vms/<id>/` without a `vm.json`: VMs that were being made, their QEMU stopped;
+        - in the runtime directory: commit helpers (`.helper-*`, their QEMU stopped) and
+          the folders of VMs that have no record or whose QEMU is gone (a dead VM's RAM
+          file would hold tmpfs memory for nothing);
+        then the disk layers and boot files only those listed.
+        """
+        removed: list[str] = []
+        layout = self.layout
+        for partial in layout.commits.glob(".*.partial"):
+            await asyncio.to_thread(shutil.rmtree, partial, True)
+            removed.append(f"unfinished commit {partial.name}")
+        for vm_dir in layout.vms.iterdir():
+            if vm_dir.is_dir() and not (vm_dir / "vm.json").exists():
+                runtime = layout.runtime(vm_dir.name)
+                await stop_process(read_pid(vm_dir / "qemu.pid", qmp_socket(runtime)))
+                await asyncio.to_thread(shutil.rmtree, vm_dir, True)
+                removed.append(f"unfinished VM {vm_dir.name}")
+        for runtime in layout.runtime_dir.iterdir():
+            name = runtime.name
+            if name.startswith(".helper-"):
+                await stop_process(read_pid(runtime / "qemu.pid", qmp_socket(runtime)))
+            elif layout.vm_record(name).exists() and self.pid(name) is not None:
+                continue
+            await asyncio.to_thread(shutil.rmtree, runtime, True)
+            removed.append(f"runtime folder {name}")
+        await self.collect_files()
+        return removed
+
     def console_tail(self, vm_id: str) -> str:
         try:
             return self.layout.serial_log(vm_id).read_text(errors="replace")[-3000:]

@@ -70,6 +70,8 @@ class Lifecycle:
     async def reconcile(self) -> None:
         """Settle the database against what the driver finds on the host after a restart."""
         context = self._context
+        for leftover in await context.driver.remove_leftovers():
+            log.warning("removed a crash leftover: %s", leftover)
         inventory = await context.driver.inventory()
         on_host = {vm.vm_id: vm for vm in inventory.vms}
         rows = await context.db.read(lambda tx: vm_store.list_live_on_node(tx, context.node))
@@ -83,6 +85,11 @@ class Lifecycle:
                 await context.set_state(vm.vm_id, end)
             elif found is None or found.state is driver_api.VmState.DEAD:
                 await context.set_state(vm.vm_id, State.DEAD)
+            elif vm.state in ALIVE and vm.state.value != found.state.value:
+                # The row holds what the user last asked for (written before the driver
+                # acts); the host differs when a crash cut an operation short, e.g. a
+                # commit, which stops the guest while its memory is written.
+                await self._settle_after_crash(vm.vm_id, vm.state, State(found.state.value))
             else:
                 await context.set_state(vm.vm_id, State(found.state.value))
         for vm_id in on_host:
@@ -96,6 +103,17 @@ class Lifecycle:
                     await context.driver.delete_commit(snapshot.commit_id)
         live = await context.db.read(lambda tx: vm_store.list_live_on_node(tx, context.node))
         context.exec_logs.keep_only({vm.vm_id for vm in live})
+
+    async def _settle_after_crash(self, vm_id: str, wanted: State, found: State) -> None:
+        context = self._context
+        driver = context.driver
+        try:
+            await (driver.resume if wanted is State.RUNNING else driver.pause)(vm_id)
+        except driver_api.DriverError as exc:
+            log.error("VM %s could not be made %s again: %s", vm_id, wanted.value, exc)
+            await context.set_state(vm_id, found)
+            return
+        log.warning("VM %s made %s again: a crash had cut an operation short", vm_id, wanted.value)
 
     async def new_root(self, principal: Principal, config: RootConfig, wait_boot: bool) -> Vm:
         """Boot a VM from the default image; with `wait_boot` false, answer while it boots."""
@@ -162,12 +180,20 @@ class Lifecycle:
         vm = await context.refresh(await context.alive(principal, vm_id))
         if vm.state not in ALIVE:
             raise VmNotRunning(wire_state(vm.state))
-        async with context.driver_call(vm.vm_id, "change the VM's state"):
-            if running:
-                await context.driver.resume(vm.vm_id)
-            else:
-                await context.driver.pause(vm.vm_id)
-        await context.set_state(vm.vm_id, State.RUNNING if running else State.PAUSED)
+        wanted = State.RUNNING if running else State.PAUSED
+        # Recorded first: after a crash half-way, start-up puts the VM in this state.
+        await context.set_state(vm.vm_id, wanted)
+        try:
+            async with context.driver_call(vm.vm_id, "change the VM's state"):
+                if running:
+                    await context.driver.resume(vm.vm_id)
+                else:
+                    await context.driver.pause(vm.vm_id)
+        except BaseException:
+            # Back to what the host says: the old state, or dead if the VM died.
+            await context.set_state(vm.vm_id, vm.state)
+            await context.refresh(vm)
+            raise
 
     async def delete(self, principal: Principal, vm_id: str) -> str:
         context = self._context

@@ -85,6 +85,10 @@ class Snapshots:
         description: str | None,
     ) -> Commit:
         commit_id = new_id()
+        if keep_paused:
+            # Recorded first: a restart after a crash mid-commit leaves paused what the user
+            # asked to stay paused, and resumes the rest (Lifecycle.reconcile).
+            await self._context.set_state(vm.vm_id, State.PAUSED)
         async with self._context.driver_call(vm.vm_id, "commit the VM"):
             await self._context.detached(
                 self._context.driver.commit(vm.vm_id, commit_id, keep_paused=keep_paused)
@@ -103,8 +107,6 @@ class Snapshots:
             with contextlib.suppress(driver_api.DriverError):
                 await self._context.driver.delete_commit(commit_id)
             raise
-        if keep_paused:
-            await self._context.set_state(vm.vm_id, State.PAUSED)
         return commit
 
     async def delete_commit(self, principal: Principal, commit_id: str) -> None:
