@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -37,6 +38,34 @@ def tagged(server: Server, backend: Backend, key: Key) -> tuple[str, str]:
     body = {"tag_name": name, "commit_id": commit_id, "description": "original"}
     assert create(server, key, body).status_code == 201
     return name, commit_id
+
+
+ROUNDS = 8
+CREATES_PER_ROUND = 40
+
+
+async def race_creates_with_delete(
+    server: Server, key: Key, commit_ids: list[str]
+) -> list[httpx.Response]:
+    """Per commit, a stream of tag creates with its DELETE sent halfway through."""
+    headers = {"Authorization": f"Bearer {key.token}"}
+    limits = httpx.Limits(max_connections=CREATES_PER_ROUND + 1)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers=headers, timeout=30, limits=limits
+    ) as client:
+        answers: list[httpx.Response] = []
+        for commit_id in commit_ids:
+            creates = [
+                client.post(PATH, json={"tag_name": unique_name("tag"), "commit_id": commit_id})
+                for _ in range(CREATES_PER_ROUND)
+            ]
+            half = CREATES_PER_ROUND // 2
+            responses = await asyncio.gather(
+                *creates[:half], client.delete(f"/api/v1/commits/{commit_id}"), *creates[half:]
+            )
+            assert responses.pop(half).status_code == 204
+            answers += responses
+    return answers
 
 
 class TestCreateTag:
@@ -115,6 +144,28 @@ class TestCreateTag:
     def test_without_key_is_401(self, server: Server) -> None:
         with server.client() as client:
             assert client.post(PATH, json={}).status_code == 401
+
+
+class TestCreateTagRacingCommitDelete:
+    def test_every_create_is_201_or_404_and_created_tags_stay(
+        self, server: Server, backend: Backend
+    ) -> None:
+        # A commit is only marked deleted, so no write can miss its row; a create either
+        # comes first (its tag stays, pointing at the deleted commit) or is 404.
+        owner = make_key(backend)
+        commits = [make_commit(backend, owner).commit_id for _ in range(ROUNDS)]
+        answers = asyncio.run(race_creates_with_delete(server, owner, commits))
+        for response in answers:
+            if response.status_code != 201:
+                assert (response.status_code, response.json()) == (
+                    404,
+                    error("commit not found"),
+                ), response.text
+        assert {response.status_code for response in answers} == {201, 404}
+        created = {r.json()["tag_name"]: r.json()["commit_id"] for r in answers if r.is_success}
+        with server.client(owner.token) as client:
+            listed = client.get(PATH).json()["tags"]
+        assert {tag["tag_name"]: tag["commit_id"] for tag in listed} == created
 
 
 class TestListTags:

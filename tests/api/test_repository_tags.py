@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 
 import httpx
@@ -55,6 +56,36 @@ def publish_commit(server: Server, key: Key, commit_id: str) -> None:
     with server.client(key.token) as client:
         response = client.patch(f"/api/v1/commits/{commit_id}", json={"is_public": True})
     assert response.status_code == 200
+
+
+ROUNDS = 8
+CREATES_PER_ROUND = 40
+
+
+async def race_creates_with_delete(
+    server: Server, key: Key, repos: list[str], commit_id: str
+) -> list[httpx.Response]:
+    """Per repository, a stream of tag creates with its DELETE sent halfway through."""
+    headers = {"Authorization": f"Bearer {key.token}"}
+    limits = httpx.Limits(max_connections=CREATES_PER_ROUND + 1)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers=headers, timeout=30, limits=limits
+    ) as client:
+
+        async def create(repo: str, number: int) -> httpx.Response:
+            body = {"tag_name": f"t{number}", "commit_id": commit_id}
+            return await client.post(f"{REPOS}/{repo}/tags", json=body)
+
+        answers: list[httpx.Response] = []
+        for repo in repos:
+            creates = [create(repo, n) for n in range(CREATES_PER_ROUND)]
+            half = CREATES_PER_ROUND // 2
+            responses = await asyncio.gather(
+                *creates[:half], client.delete(f"{REPOS}/{repo}"), *creates[half:]
+            )
+            assert responses.pop(half).status_code == 204
+            answers += responses
+    return answers
 
 
 class TestCreateRepoTag:
@@ -214,6 +245,27 @@ class TestCreateRepoTag:
             response = client.post(f"{REPOS}/any/tags", content=b"{bad")
         assert response.status_code == 401
         assert response.json() == error("Missing or invalid Authorization header")
+
+
+class TestCreateRepoTagRacingRepositoryDelete:
+    def test_every_create_is_201_or_404_never_500(
+        self, server: Server, backend: Backend, key: Key
+    ) -> None:
+        # Issue 10, defect 15: on PostgreSQL a tag whose repository was deleted after the
+        # create had found it broke the foreign key, a 500. Each round deletes the
+        # repository in the middle of a stream of creates, so both outcomes occur.
+        commit_id = make_commit(backend, key).commit_id
+        repos = [make_repository(server, key) for _ in range(ROUNDS)]
+        answers = asyncio.run(race_creates_with_delete(server, key, repos, commit_id))
+        for response in answers:
+            if response.status_code != 201:
+                assert (response.status_code, response.json()) == (
+                    404,
+                    error("repository not found"),
+                ), response.text
+        assert {response.status_code for response in answers} == {201, 404}
+        with server.client(key.token) as client:
+            assert {client.get(f"{REPOS}/{repo}/tags").status_code for repo in repos} == {404}
 
 
 class TestListRepoTags:

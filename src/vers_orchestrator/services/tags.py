@@ -15,6 +15,7 @@ from msgspec import UNSET, UnsetType
 from vers_orchestrator.auth import Principal
 from vers_orchestrator.errors import (
     NoUpdatesProvided,
+    RepositoryNotFound,
     RepoTagAlreadyExists,
     TagAlreadyExists,
     TagNotFound,
@@ -31,7 +32,13 @@ from vers_orchestrator.services.validation import (
 )
 from vers_orchestrator.store import commits as commit_store
 from vers_orchestrator.store import tags as tag_store
-from vers_orchestrator.store.database import Database, Tx, UniqueViolation, utc_now
+from vers_orchestrator.store.database import (
+    Database,
+    ForeignKeyViolation,
+    Tx,
+    UniqueViolation,
+    utc_now,
+)
 from vers_orchestrator.store.repositories import Repository
 from vers_orchestrator.store.tags import Tag
 
@@ -122,6 +129,10 @@ async def create_repo_tag(
         return await db.write(unit)
     except UniqueViolation:
         raise RepoTagAlreadyExists() from None
+    except ForeignKeyViolation:
+        # The repository was deleted after `find`: of the tag's parents only repositories
+        # are ever removed (commits are marked deleted, keys and organizations stay).
+        raise RepositoryNotFound() from None
 
 
 async def list_repo_tags(db: Database, principal: Principal, repo_name: str) -> list[Tag]:

@@ -25,6 +25,16 @@ class UniqueViolation(Exception):
     """An INSERT or UPDATE broke a unique constraint; the unit's changes are undone."""
 
 
+class ForeignKeyViolation(Exception):
+    """A statement broke a foreign key; the unit's changes are undone.
+
+    Units look a parent up before they write its children, so an INSERT that names a
+    missing parent means another transaction deleted it in between: on PostgreSQL, where
+    units run side by side (SQLite runs write units one at a time). Services answer as if
+    the parent had been gone before the request came: mostly with the parent's 404.
+    """
+
+
 class Tx(Protocol):
     async def fetch_one(self, sql: str, *args: Any) -> Row | None: ...
 

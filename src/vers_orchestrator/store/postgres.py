@@ -12,15 +12,17 @@ from typing import Any
 
 import asyncpg
 
-from vers_orchestrator.store.database import Row, T, UniqueViolation, Unit
+from vers_orchestrator.store.database import ForeignKeyViolation, Row, T, UniqueViolation, Unit
 
 
 @contextmanager
-def _unique_violations() -> Iterator[None]:
+def _constraint_violations() -> Iterator[None]:
     try:
         yield
     except asyncpg.UniqueViolationError as exc:
         raise UniqueViolation(exc.constraint_name or str(exc)) from exc
+    except asyncpg.ForeignKeyViolationError as exc:
+        raise ForeignKeyViolation(exc.constraint_name or str(exc)) from exc
 
 
 class PostgresTx:
@@ -30,7 +32,7 @@ class PostgresTx:
         self._conn = conn
 
     async def fetch_one(self, sql: str, *args: Any) -> Row | None:
-        with _unique_violations():
+        with _constraint_violations():
             row: Row | None = await self._conn.fetchrow(sql, *args)
         return row
 
@@ -39,11 +41,11 @@ class PostgresTx:
         return rows
 
     async def fetch_value(self, sql: str, *args: Any) -> Any:
-        with _unique_violations():
+        with _constraint_violations():
             return await self._conn.fetchval(sql, *args)
 
     async def execute(self, sql: str, *args: Any) -> int:
-        with _unique_violations():
+        with _constraint_violations():
             status: str = await self._conn.execute(sql, *args)
         # asyncpg answers with the command tag, e.g. "UPDATE 3" or "INSERT 0 1".
         count = status.rsplit(" ", 1)[-1]

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from vers_orchestrator.store.database import Row, T, UniqueViolation, Unit
+from vers_orchestrator.store.database import ForeignKeyViolation, Row, T, UniqueViolation, Unit
 
 _PLACEHOLDER = re.compile(r"\$(\d+)")
 _translated: dict[str, str] = {}
@@ -77,6 +77,8 @@ class SqliteTx:
         except sqlite3.IntegrityError as exc:
             if "UNIQUE constraint failed" in str(exc):
                 raise UniqueViolation(str(exc)) from exc
+            if "FOREIGN KEY constraint failed" in str(exc):
+                raise ForeignKeyViolation(str(exc)) from exc
             raise
 
     async def fetch_one(self, sql: str, *args: Any) -> Row | None:

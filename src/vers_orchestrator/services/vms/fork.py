@@ -24,7 +24,7 @@ from vers_orchestrator.store import repositories as repository_store
 from vers_orchestrator.store import tags as tag_store
 from vers_orchestrator.store import vms as vm_store
 from vers_orchestrator.store.commits import Commit
-from vers_orchestrator.store.database import Tx, UniqueViolation, utc_now
+from vers_orchestrator.store.database import ForeignKeyViolation, Tx, UniqueViolation, utc_now
 from vers_orchestrator.store.repositories import Repository
 from vers_orchestrator.store.tags import Tag
 
@@ -127,7 +127,12 @@ class Fork:
                 )
 
             try:
-                await self._context.db.write(publish)
+                try:
+                    await self._context.db.write(publish)
+                except ForeignKeyViolation:
+                    # The repository it reused was deleted before the tag was written: the
+                    # fork comes after that delete, so it makes the repository anew.
+                    await self._context.db.write(publish)
             except UniqueViolation:
                 raise RepoTagAlreadyExists() from None
         except BaseException:
