@@ -37,6 +37,9 @@ class Settings:
     # Exec output kept on disk per VM for `logs` and `exec/stream/attach`; the oldest goes.
     exec_log_bytes_per_vm: int = 16 * 1024 * 1024
     idempotency_ttl_seconds: int = 24 * 3600
+    # A retry of a request still running waits this long for its answer before a 409;
+    # under the official SDK's 30 s timeout, so the SDK sees the 409 and not a timeout.
+    idempotency_wait_seconds: float = 25.0
     postgres_pool_size: int = 16
     # "auto" uses KVM when it can run the guest kernel and TCG otherwise; "kvm"/"tcg" force.
     vm_accelerator: str = "auto"
@@ -87,6 +90,9 @@ class Settings:
                 ),
                 idempotency_ttl_seconds=int(
                     get("IDEMPOTENCY_TTL_SECONDS") or defaults.idempotency_ttl_seconds
+                ),
+                idempotency_wait_seconds=float(
+                    get("IDEMPOTENCY_WAIT_SECONDS") or defaults.idempotency_wait_seconds
                 ),
                 postgres_pool_size=int(get("POSTGRES_POOL_SIZE") or defaults.postgres_pool_size),
                 vm_accelerator=_choice(

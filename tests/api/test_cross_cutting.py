@@ -2,15 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 import uuid
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
 from tests.support import Backend, Key, Server, error, make_key, unique_name
+from vers_orchestrator.services import idempotency
+from vers_orchestrator.settings import Settings
+from vers_orchestrator.store.connect import open_database
+from vers_orchestrator.store.database import Database
+
+T = TypeVar("T")
 
 PATH = "/api/v1/repositories"
 
@@ -113,14 +123,11 @@ class TestIdempotentReplay:
             responses = list(
                 pool.map(lambda _: post_with_key(server, key, idempotency_key, body), range(8))
             )
-        created = [r for r in responses if r.status_code == 201]
-        in_progress = [r for r in responses if r.status_code == 409]
-        assert len(created) + len(in_progress) == 8
-        assert {r.json()["repo_id"] for r in created} == {created[0].json()["repo_id"]}
-        for response in in_progress:
-            assert response.json() == error(
-                "a request with this X-Idempotency-Key is still in progress"
-            )
+        # The duplicates that came while the first ran waited for it and replay its answer.
+        assert [r.status_code for r in responses] == [201] * 8
+        assert len({r.json()["repo_id"] for r in responses}) == 1
+        replayed = [r.headers.get("idempotent-replayed") for r in responses]
+        assert sorted(replayed, key=str) == [None] + ["true"] * 7
 
     def test_overlong_key_is_400(self, server: Server, key: Key) -> None:
         response = post_with_key(server, key, "k" * 256, {"name": unique_name()})
@@ -135,6 +142,99 @@ class TestIdempotentReplay:
         with server.client(**{"X-Idempotency-Key": idempotency_key}) as client:
             assert client.post(PATH, json=body).status_code == 401
         assert post_with_key(server, key, idempotency_key, body).status_code == 201
+
+
+@pytest.fixture(scope="module")
+def patient(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """A server whose retries wait for the first request up to 1 s (25 s by default)."""
+    directory = tmp_path_factory.mktemp("patient")
+    waiting = Backend.create(backend.kind, directory, IDEMPOTENCY_WAIT_SECONDS="1")
+    running = Server(waiting, directory / "server.log").start()
+    yield running
+    running.stop()
+    waiting.drop()
+
+
+class TestRetryWhileTheFirstRuns:
+    """A retry of a request still running waits for it (here up to 1 s), then replays its
+    answer, runs itself if the first gave the key up, or answers 409 when the wait ends.
+    The first request is a claim written in the server's database, held as long as the
+    test likes."""
+
+    def _claim(self, server: Server, key: Key, idempotency_key: str, body: bytes) -> None:
+        request_hash = idempotency.fingerprint("POST", PATH, b"", body)
+        claimed = self._in_database(
+            server,
+            lambda db: idempotency.begin(
+                db, key.api_key_id, idempotency_key, request_hash, timedelta(hours=1)
+            ),
+        )
+        assert claimed is None
+
+    def _in_database(self, server: Server, work: Callable[[Database], Awaitable[T]]) -> T:
+        async def run() -> T:
+            db = await open_database(Settings.from_env(server.backend.env))
+            try:
+                return await work(db)
+            finally:
+                await db.close()
+
+        return asyncio.run(run())
+
+    def _retry(self, server: Server, key: Key, idempotency_key: str, body: bytes) -> Any:
+        headers = {"X-Idempotency-Key": idempotency_key, "Content-Type": "application/json"}
+        with server.client(key.token, **headers) as client:
+            started = time.monotonic()
+            response = client.post(PATH, content=body)
+        return response, time.monotonic() - started
+
+    def test_the_wait_ends_in_409(self, patient: Server) -> None:
+        key = make_key(patient.backend)
+        idempotency_key, body = str(uuid.uuid4()), b'{"name": "%s"}' % unique_name().encode()
+        self._claim(patient, key, idempotency_key, body)
+        response, waited = self._retry(patient, key, idempotency_key, body)
+        assert (response.status_code, response.json()) == (
+            409,
+            error("a request with this X-Idempotency-Key is still in progress"),
+        )
+        assert waited >= 0.9
+
+    def test_an_answer_that_comes_meanwhile_is_replayed(self, patient: Server) -> None:
+        key = make_key(patient.backend)
+        idempotency_key, body = str(uuid.uuid4()), b'{"name": "%s"}' % unique_name().encode()
+        self._claim(patient, key, idempotency_key, body)
+
+        def answer_later() -> None:
+            time.sleep(0.3)
+            stored = idempotency.StoredResponse(201, "application/json", b'{"first": true}')
+            self._in_database(
+                patient, lambda db: idempotency.finish(db, key.api_key_id, idempotency_key, stored)
+            )
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            answered = pool.submit(answer_later)
+            response, _ = self._retry(patient, key, idempotency_key, body)
+            answered.result()
+        assert (response.status_code, response.json()) == (201, {"first": True})
+        assert response.headers["idempotent-replayed"] == "true"
+
+    def test_a_key_the_first_gave_up_runs_the_retry(self, patient: Server) -> None:
+        key = make_key(patient.backend)
+        idempotency_key, body = str(uuid.uuid4()), b'{"name": "%s"}' % unique_name().encode()
+        self._claim(patient, key, idempotency_key, body)
+
+        def give_up_later() -> None:
+            time.sleep(0.3)
+            self._in_database(
+                patient, lambda db: idempotency.abandon(db, key.api_key_id, idempotency_key)
+            )
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            given_up = pool.submit(give_up_later)
+            response, _ = self._retry(patient, key, idempotency_key, body)
+            given_up.result()
+        assert response.status_code == 201
+        assert "idempotent-replayed" not in response.headers
 
 
 def log_lines_of(server: Server, request_id: str) -> list[str]:

@@ -201,7 +201,9 @@ async def _run_idempotently(
         scope["method"], scope["path"], scope.get("query_string", b""), body
     )
     ttl = timedelta(seconds=settings.idempotency_ttl_seconds)
-    stored = await idempotency.begin(runtime.db, api_key_id, key, request_hash, ttl)
+    stored = await idempotency.begin(
+        runtime.db, api_key_id, key, request_hash, ttl, settings.idempotency_wait_seconds
+    )
     if stored is not None:
         headers = [
             (b"idempotent-replayed", b"true"),
