@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those that are missing.
 # PostgreSQL for the test suite; QEMU, debootstrap and friends to build and run guests;
-# wrk for the benchmarks.
+# wrk for the benchmarks; Chromium for the test that loads /docs in a browser.
 set -euo pipefail
 
 packages=(
     postgresql
     qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs cpio zstd lz4
     wrk
+    chromium
 )
 missing=()
 for package in "${packages[@]}"; do

@@ -13,13 +13,13 @@ from typing import Any, cast
 from litestar import Litestar, Router
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
-from litestar.openapi.plugins import SwaggerRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
 
 from vers_orchestrator import __version__
 from vers_orchestrator.api import (
     commit_tags,
     commits,
+    docs,
     identity,
     openapi,
     public,
@@ -175,7 +175,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
         ],
     )
     app = Litestar(
-        route_handlers=[api, bulk],
+        route_handlers=[api, bulk, docs.swagger_ui_assets()],
         request_class=BodyRequest,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],
@@ -185,7 +185,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             title="Orchestrator Control Plane API",
             version=__version__,
             path="/docs",
-            render_plugins=[SwaggerRenderPlugin(path="/")],
+            render_plugins=[docs.swagger_ui()],
             components=Components(
                 security_schemes={
                     "bearer_auth": SecurityScheme(
