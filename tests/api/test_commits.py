@@ -6,10 +6,13 @@ VM layer will call (`tests.factories.make_commit`).
 
 from __future__ import annotations
 
+import asyncio
 import re
+import time
 import uuid
 from typing import Any
 
+import asyncpg
 import httpx
 import pytest
 from vers_sdk import AuthenticationError, NotFoundError, PermissionDeniedError
@@ -17,6 +20,13 @@ from vers_sdk import AuthenticationError, NotFoundError, PermissionDeniedError
 from tests.factories import make_commit, make_commits
 from tests.shapes import COMMIT_TIMESTAMP, TIMESTAMP
 from tests.support import Backend, Key, Server, error, make_key, sdk_call
+from vers_orchestrator.settings import Settings
+from vers_orchestrator.store import commits as commit_store
+from vers_orchestrator.store import vms as vm_store
+from vers_orchestrator.store.commits import Commit
+from vers_orchestrator.store.connect import open_database
+from vers_orchestrator.store.database import Tx, utc_now
+from vers_orchestrator.store.vms import State, Vm
 
 PATH = "/api/v1/commits"
 COMMIT_KEYS = {
@@ -427,3 +437,81 @@ class TestCommitsWithSdk:
         for call in (lambda c: c.list_commits(), lambda c: c.list_public_commits()):
             with pytest.raises(AuthenticationError):
                 sdk_call(server, None, call)
+
+
+class TestDeleteRacingAVmBeingMade:
+    """A commit's delete and the admission of a VM started from it (issue 10, defect 15).
+
+    The admission (services/vms/context.py) runs here through the store's own functions
+    in a transaction the test holds open; the delete arrives over HTTP meanwhile. It must
+    wait for that transaction and then count the VM: 409, and the commit stays."""
+
+    def test_the_delete_counts_the_vm_recorded_meanwhile(
+        self, backend: Backend, server: Server, key: Key
+    ) -> None:
+        if backend.kind != "postgresql":
+            pytest.skip("SQLite runs write transactions one at a time: no race to order")
+        commit = make_commit(backend, key)
+        response = asyncio.run(self._delete_while_a_vm_is_recorded(backend, server, key, commit))
+        assert (response.status_code, response.json()) == (
+            409,
+            error("commit still has 1 active VM(s)"),
+        )
+        with server.client(key.token) as client:
+            listed = client.get("/api/v1/commits", params={"limit": 100}).json()["commits"]
+        assert commit.commit_id in {listed_commit["commit_id"] for listed_commit in listed}
+
+    @staticmethod
+    async def _delete_while_a_vm_is_recorded(
+        backend: Backend, server: Server, key: Key, commit: Commit
+    ) -> httpx.Response:
+        settings = Settings.from_env(backend.env)
+        db = await open_database(settings)
+        watcher = await asyncpg.connect(settings.effective_database_url)
+        recorded, release = asyncio.Event(), asyncio.Event()
+        vm = Vm(
+            vm_id=str(uuid.uuid4()),
+            org_id=key.org_id,
+            owner_id=key.api_key_id,
+            parent_commit_id=commit.commit_id,
+            state=State.CREATING,
+            vcpus=1,
+            mem_mib=256,
+            disk_mib=1024,
+            labels={},
+            ssh_port=None,
+            created_at=utc_now(),
+            deleted_at=None,
+            node="another-host:/var/lib/vers/vm-state",
+        )
+
+        async def admit(tx: Tx) -> None:
+            assert await commit_store.hold_live(tx, commit.commit_id)
+            await vm_store.insert(tx, vm)
+            recorded.set()
+            await release.wait()
+
+        try:
+            admitting = asyncio.ensure_future(db.write(admit))
+            await recorded.wait()
+            headers = {"Authorization": f"Bearer {key.token}"}
+            async with httpx.AsyncClient(base_url=server.base_url, headers=headers) as client:
+                deleting = asyncio.ensure_future(
+                    client.delete(f"/api/v1/commits/{commit.commit_id}")
+                )
+                deadline = time.monotonic() + 30
+                while not await watcher.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock' AND query LIKE 'UPDATE commits%'"
+                ):
+                    assert not deleting.done(), deleting.result().text
+                    assert time.monotonic() < deadline, "the delete never waited for the VM"
+                    await asyncio.sleep(0.02)
+                release.set()
+                await admitting
+                return await deleting
+        finally:
+            release.set()
+            await db.write(lambda tx: vm_store.set_state(tx, vm.vm_id, State.DELETED))
+            await watcher.close()
+            await db.close()

@@ -190,13 +190,16 @@ async def delete(db: Database, principal: Principal, commit_id: str) -> None:
             raise CommitNotFound()
         if commit.owner_id != principal.api_key_id:
             raise Forbidden()
-        live_vms = await commit_store.count_live_vms(tx, commit.commit_id)
-        if live_vms:
-            raise CommitHasActiveVms(live_vms)
+        # Marked first, counted after: a VM made from the commit meanwhile either wrote its
+        # row before the mark (and is counted: 409, nothing changes) or finds the commit
+        # deleted when it writes (`store.commits.hold_live`), never both missing the other.
         if not await commit_store.mark_deleted(
             tx, commit.commit_id, principal.api_key_id, utc_now()
         ):
             raise CommitNotFound()
+        live_vms = await commit_store.count_live_vms(tx, commit.commit_id)
+        if live_vms:
+            raise CommitHasActiveVms(live_vms)
 
     await db.write(unit)
 

@@ -170,6 +170,20 @@ async def chain(tx: Tx, commit_id: str) -> list[Commit]:
     return [_commit(row) for row in rows]
 
 
+async def hold_live(tx: Tx, commit_id: str) -> bool:
+    """Lock a live commit's row until the transaction ends; False when it is deleted.
+
+    An update that changes nothing still takes PostgreSQL's row lock: a delete of the
+    commit running meanwhile waits for this transaction and then counts the VMs it wrote
+    (`services/commits.delete`). SQLite runs one write transaction at a time anyway.
+    """
+    held = await tx.execute(
+        "UPDATE commits SET deleted_at = NULL WHERE commit_id = $1 AND deleted_at IS NULL",
+        commit_id,
+    )
+    return held == 1
+
+
 async def count_live_vms(tx: Tx, commit_id: str) -> int:
     """How many VMs that are not deleted were started from this commit (dead ones count:
     they still need a delete)."""

@@ -43,6 +43,7 @@ from vers_orchestrator.errors import (
 from vers_orchestrator.ids import new_id
 from vers_orchestrator.services.vms.exec_logs import ExecLogs
 from vers_orchestrator.settings import Settings
+from vers_orchestrator.store import commits as commit_store
 from vers_orchestrator.store import vms as vm_store
 from vers_orchestrator.store.database import Database, Tx, utc_now
 from vers_orchestrator.store.vms import State, Vm
@@ -212,7 +213,8 @@ class VmContext:
         """Check the limits for `new`; when `record`, write their intent rows, atomically.
 
         Raises `KeyLimitExceeded` (403) past the key's `max_vcpus`, `max_memory_mib` or
-        `max_disk_mib`, `ServerAtCapacity` (429) past this server's VMs, memory or disk.
+        `max_disk_mib`, `ServerAtCapacity` (429) past this server's VMs, memory or disk,
+        and `ProvidedCommitNotFound` (404) when recording VMs of a commit deleted meanwhile.
         """
         wanted = vm_store.Usage(
             len(new),
@@ -224,6 +226,11 @@ class VmContext:
         async def unit(tx: Tx) -> None:
             await self._check_limits(tx, principal, wanted)
             if record:
+                # A commit deleted since the caller looked it up has no data to start from.
+                parents = {vm.parent_commit_id for vm in new if vm.parent_commit_id is not None}
+                for commit_id in parents:
+                    if not await commit_store.hold_live(tx, commit_id):
+                        raise ProvidedCommitNotFound()
                 for vm in new:
                     await vm_store.insert(tx, vm)
 
