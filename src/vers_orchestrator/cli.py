@@ -7,17 +7,21 @@ import asyncio
 import gc
 import json
 import logging
+import shutil
 import signal
 import socket
 import sys
+import textwrap
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
+from vers_orchestrator import __version__, startup
 from vers_orchestrator.errors import VersError
 from vers_orchestrator.settings import Settings, SettingsError
 from vers_orchestrator.store.database import Database
 
 T = TypeVar("T")
+PROG = "vers-orchestrator"
 log = logging.getLogger("vers_orchestrator")
 
 
@@ -34,16 +38,21 @@ def _configure_logging(settings: Settings) -> None:
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
-    # Alembic narrates every migration step at INFO; keep the log about the server.
+    # Alembic narrates every migration step at INFO, uvicorn its start and stop, which our
+    # own lines say (`listening on …`, `stopped`): keep the log about the server.
     if settings.log_level != "DEBUG":
         logging.getLogger("alembic").setLevel(logging.WARNING)
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    # `serve` says why a start-up failed, in one line of its own.
+    logging.getLogger("uvicorn.error").addFilter(
+        lambda record: record.msg != "Application startup failed. Exiting."
+    )
 
 
 def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
     from vers_orchestrator.store.connect import open_database
-    from vers_orchestrator.store.migrate import upgrade
 
-    upgrade(settings)
+    startup.upgrade_database(settings)
 
     async def run() -> T:
         db = await open_database(settings)
@@ -60,44 +69,61 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 
     from vers_orchestrator.api.http_server import HeadLimits, bounded_http_protocol
     from vers_orchestrator.app import create_app
-    from vers_orchestrator.store.migrate import upgrade
 
-    upgrade(settings)
-    family = socket.AF_INET6 if ":" in args.host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((args.host, args.port))
-    # Listen before the app starts: early connections wait in the backlog, not refused.
-    listener.listen(2048)
-    host, port = listener.getsockname()[:2]
-    shown_host = f"[{host}]" if family == socket.AF_INET6 else host
-    config = uvicorn.Config(
-        create_app(settings),
-        loop="uvloop",
-        http=bounded_http_protocol(
-            HeadLimits(settings.header_timeout_seconds, settings.max_header_bytes)
-        ),
-        # Idle keep-alive connections close after this many seconds (uvicorn's default, made
-        # explicit); a connection that has begun its next head is bounded by the head timeout.
-        timeout_keep_alive=5,
-        lifespan="on",
-        access_log=False,
-        log_config=None,
-        server_header=False,
-        # Client addresses are not used, so X-Forwarded-* need not be parsed per request.
-        proxy_headers=False,
-        timeout_graceful_shutdown=30,
-    )
-    server = uvicorn.Server(config)
-    # uvicorn finishes in-flight requests on SIGTERM/SIGINT, then re-raises the signal to
-    # whatever handler was there before. A no-op handler makes that a clean exit 0.
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: None)
-    # What exists now (modules, routes, schemas) lives as long as the process: keep the
-    # cyclic garbage collector from scanning it again after every few thousand allocations.
-    gc.freeze()
-    log.info("listening on http://%s:%d", shown_host, port)
-    server.run(sockets=[listener])
+    # The cheapest checks first, so that a mistake is reported before any slow work.
+    startup.check_data_dir(settings)
+    with startup.data_dir_lock(settings, exclusive=False):
+        listener = startup.listen(args.host, args.port)
+        startup.upgrade_database(settings)
+        host, port = listener.getsockname()[:2]
+        shown_host = f"[{host}]" if listener.family == socket.AF_INET6 else host
+        base_url = f"http://{shown_host}:{port}"
+        app = startup.WatchedStartup(
+            create_app(settings),
+            lambda: log.info("listening on %s (API docs at %s/docs)", base_url, base_url),
+        )
+        config = uvicorn.Config(
+            app,
+            loop="uvloop",
+            # WatchedStartup hands requests on without a coroutine of its own, which would
+            # make uvicorn's guess of the interface say ASGI 2.
+            interface="asgi3",
+            http=bounded_http_protocol(
+                HeadLimits(settings.header_timeout_seconds, settings.max_header_bytes)
+            ),
+            # Idle keep-alive connections close after this many seconds (uvicorn's default,
+            # made explicit); a connection that has begun its next head is bounded by the
+            # head timeout.
+            timeout_keep_alive=5,
+            lifespan="on",
+            access_log=False,
+            log_config=None,
+            server_header=False,
+            # Client addresses are not used, so X-Forwarded-* need not be parsed per request.
+            proxy_headers=False,
+            timeout_graceful_shutdown=30,
+        )
+        server = uvicorn.Server(config)
+        # uvicorn finishes in-flight requests on SIGTERM/SIGINT, then re-raises the signal
+        # to whatever handler was there before. A no-op handler makes that a clean exit 0.
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: None)
+        # What exists now (modules, routes, schemas) lives as long as the process: keep the
+        # cyclic garbage collector from scanning it again after every few thousand
+        # allocations.
+        gc.freeze()
+        try:
+            server.run(sockets=[listener])
+        except SystemExit:
+            # uvicorn exits (3) when the app's start-up fails: say why instead, below.
+            if app.failure is None:
+                raise
+    if app.failure is not None:
+        message = startup.one_line(app.failure)
+        if message is None:
+            log.error("start-up failed", exc_info=app.failure)
+            return 1
+        raise startup.StartupError(message)
     log.info("stopped")
     return 0 if server.started else 1
 
@@ -193,67 +219,181 @@ def _images_build_default(settings: Settings, args: argparse.Namespace) -> int:
             settings.effective_images_dir, lambda line: print(line, file=sys.stderr, flush=True)
         )
     except ImageBuildError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 1
     print(image.directory)
     return 0
 
 
+def _vms_stop_all(settings: Settings, args: argparse.Namespace) -> int:
+    from vers_orchestrator.drivers import create_driver
+    from vers_orchestrator.services.vms import Vms
+
+    async def stop_all(db: Database) -> list[str]:
+        driver = create_driver(settings)
+        vms = Vms(db, driver, settings)
+        try:
+            return await vms.stop_all()
+        finally:
+            await vms.close()
+            await driver.close()
+
+    startup.check_data_dir(settings)
+    with startup.data_dir_lock(settings, exclusive=True):
+        stopped = _with_database(settings, stop_all)
+    for vm_id in stopped:
+        print(f"stopped {vm_id}")
+    if stopped:
+        print(f"{len(stopped)} stopped; listed as dead until deleted through the API")
+    else:
+        print("no VM was running")
+    return 0
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in `--help`; options that must be given say so instead."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.required and action.option_strings:
+            return f"{text} (required)"
+        if "(default: " in text:
+            return text
+        if action.default is None and action.option_strings:
+            return f"{text} (default: none)"
+        return super()._get_help_string(action)
+
+
+class _Commands:
+    """Adds commands, and remembers each for the list at the end of `--help`."""
+
+    def __init__(self) -> None:
+        self.listed: list[tuple[str, str]] = []
+
+    def add(
+        self,
+        group: argparse._SubParsersAction[argparse.ArgumentParser],
+        name: str,
+        help: str,
+        run: Callable[[Settings, argparse.Namespace], int] | None,
+        more: str = "",
+    ) -> argparse.ArgumentParser:
+        """A command (`run` given) or a group of commands (`run` None); `more` goes after
+        `help` in the command's own `--help`."""
+        description = f"{help[0].upper()}{help[1:]}. {more}".strip()
+        parser = group.add_parser(
+            name, help=help, description=_wrap(description), formatter_class=_HelpFormatter
+        )
+        if run is not None:
+            self.listed.append((parser.prog.removeprefix(PROG).strip(), help))
+            parser.set_defaults(run=run)
+        return parser
+
+
+def _wrap(text: str) -> str:
+    # The help formatter keeps descriptions as written, for the list of commands.
+    return textwrap.fill(text, width=min(shutil.get_terminal_size().columns, 100) - 2)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    return _build_parser()[0]
+
+
+def command_names() -> list[str]:
+    """Every command, as the end of `--help` lists them: `serve`, `keys create` …"""
+    return [name for name, _ in _build_parser()[1].listed]
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
     parser = argparse.ArgumentParser(
-        prog="vers-orchestrator",
-        description="Control plane for branchable microVMs. Settings come from"
-        " VERS_ORCHESTRATOR_* environment variables (DATA_DIR, DATABASE_URL, ...).",
+        prog=PROG,
+        usage="%(prog)s [-h] [--version] COMMAND ...",
+        description=_wrap(
+            "Control plane for branchable microVMs. Settings come from VERS_ORCHESTRATOR_*"
+            " environment variables (DATA_DIR, DATABASE_URL, ...; see README.md). Each"
+            " command has its own --help."
+        ),
+        formatter_class=_HelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    # The epilog lists the commands; argparse's own list would name only the groups.
+    top = parser.add_subparsers(dest="command", required=True, help=argparse.SUPPRESS, prog=PROG)
+    commands = _Commands()
 
-    serve = commands.add_parser("serve", help="upgrade the schema, then serve the API")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8080)
-    serve.set_defaults(run=_serve)
+    serve = commands.add(top, "serve", "upgrade the schema, then serve the API", _serve)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=8080, help="port to listen on; 0 picks one")
 
-    keys = commands.add_parser("keys", help="manage API keys").add_subparsers(
-        dest="keys_command", required=True
+    keys = commands.add(top, "keys", "manage API keys", None).add_subparsers(
+        dest="keys_command", required=True, metavar="COMMAND"
     )
-    create = keys.add_parser("create", help="create an API key (and its org and user)")
+    create = commands.add(keys, "create", "create an API key (and its org and user)", _keys_create)
     create.add_argument("--org", required=True, help="organization name")
     create.add_argument("--user", required=True, help="user name")
-    create.add_argument("--email")
-    create.add_argument("--label")
-    create.add_argument("--max-vcpus", type=int, help="vCPUs the key's live VMs may use together")
+    create.add_argument("--email", help="the user's email address")
+    create.add_argument("--label", help="a note to tell the key from others")
     create.add_argument(
-        "--max-memory-mib", type=int, help="MiB of RAM the key's live VMs may use together"
+        "--max-vcpus",
+        type=int,
+        help="vCPUs the key's live VMs may use together (default: no limit)",
     )
     create.add_argument(
-        "--max-disk-mib", type=int, help="MiB of disk the key's live VMs may have together"
+        "--max-memory-mib",
+        type=int,
+        help="MiB of RAM the key's live VMs may use together (default: no limit)",
     )
-    create.add_argument("--format", choices=("text", "json"), default="text")
-    create.set_defaults(run=_keys_create)
-
-    listing = keys.add_parser("list", help="list API keys")
-    listing.add_argument("--org", help="only this organization's keys")
-    listing.add_argument("--format", choices=("text", "json"), default="text")
-    listing.set_defaults(run=_keys_list)
-
-    revoke = keys.add_parser("revoke", help="revoke an API key")
-    revoke.add_argument("key_id")
-    revoke.set_defaults(run=_keys_revoke)
-
-    db = commands.add_parser("db", help="database maintenance").add_subparsers(
-        dest="db_command", required=True
+    create.add_argument(
+        "--max-disk-mib",
+        type=int,
+        help="MiB of disk the key's live VMs may have together (default: no limit)",
     )
-    db.add_parser("upgrade", help="migrate the database to the newest schema").set_defaults(
-        run=_db_upgrade
-    )
+    create.add_argument("--format", choices=("text", "json"), default="text", help="output format")
 
-    images = commands.add_parser("images", help="guest images").add_subparsers(
-        dest="images_command", required=True
+    listing = commands.add(keys, "list", "list API keys", _keys_list)
+    listing.add_argument("--org", help="only this organization's keys (default: all)")
+    listing.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+
+    revoke = commands.add(keys, "revoke", "revoke an API key", _keys_revoke)
+    revoke.add_argument("key_id", help="the key's id, as `keys list` shows it")
+
+    db = commands.add(top, "db", "database maintenance", None).add_subparsers(
+        dest="db_command", required=True, metavar="COMMAND"
     )
-    images.add_parser(
+    commands.add(db, "upgrade", "migrate the database to the newest schema", _db_upgrade)
+
+    images = commands.add(top, "images", "guest images", None).add_subparsers(
+        dest="images_command", required=True, metavar="COMMAND"
+    )
+    commands.add(
+        images,
         "build-default",
-        help="build the default guest image from Debian packages (needs root; about a minute)",
-    ).set_defaults(run=_images_build_default)
-    return parser
+        "build the default guest image from Debian packages (needs root)",
+        _images_build_default,
+        more="It takes about a minute; VMs made before keep the image they have.",
+    )
+
+    vms = commands.add(top, "vms", "VMs on this machine", None).add_subparsers(
+        dest="vms_command", required=True, metavar="COMMAND"
+    )
+    commands.add(
+        vms,
+        "stop-all",
+        "stop every VM of this data directory's server",
+        _vms_stop_all,
+        more="VMs keep running when the server stops; this stops them, with the server"
+        " stopped (it refuses while one runs). Their QEMU processes and disks go, their"
+        " commits stay; they are listed as dead until deleted through the API.",
+    )
+
+    width = max(len(name) for name, _ in commands.listed)
+    parser.epilog = "commands:\n" + "\n".join(
+        f"  {name:{width}}  {help}" for name, help in commands.listed
+    )
+    return parser, commands
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,13 +401,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(str(exc))
         return 2
     _configure_logging(settings)
     try:
         result: int = args.run(settings, args)
+    except startup.StartupError as exc:
+        _error(str(exc))
+        return 2
     except VersError as exc:
-        print(f"error: {exc.message}", file=sys.stderr)
+        _error(exc.message)
         return 1
     return result
 

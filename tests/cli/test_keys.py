@@ -118,6 +118,6 @@ def test_an_unusable_setting_is_refused_before_anything_runs(backend: Backend) -
     result = broken.cli("db", "upgrade", check=False)
     assert (result.returncode, result.stdout) == (2, "")
     assert result.stderr == (
-        "error: invalid VERS_ORCHESTRATOR_* setting:"
+        "vers-orchestrator: error: invalid VERS_ORCHESTRATOR_* setting:"
         " VERS_ORCHESTRATOR_DIRECT_HANDLER_CALLS must be true or false\n"
     )

@@ -24,6 +24,8 @@ class Accelerator:
     name: str
     qemu_args: tuple[str, ...]
     kernel_args: tuple[str, ...]
+    # Why this one, for the start-up log.
+    reason: str
 
 
 def kvm_problem() -> str | None:
@@ -54,15 +56,20 @@ def choose_accelerator(setting: str) -> Accelerator:
     """`setting` is "auto" (KVM when it works, else TCG), "kvm" or "tcg"."""
     if setting not in VM_ACCELERATORS:
         raise DriverError(f"accelerator must be one of {', '.join(VM_ACCELERATORS)}")
-    if setting == "tcg" or (setting == "auto" and kvm_problem() is not None):
-        return tcg()
+    if setting == "tcg":
+        return tcg("the accelerator setting is tcg")
     problem = kvm_problem()
-    if problem is not None:
+    if problem is None:
+        reason = f"{KVM_DEVICE} works" if setting == "auto" else "the accelerator setting is kvm"
+        return Accelerator(
+            name="kvm", qemu_args=("-accel", "kvm", "-cpu", "host"), kernel_args=(), reason=reason
+        )
+    if setting == "kvm":
         raise DriverError(f"KVM was asked for but cannot be used: {problem}")
-    return Accelerator(name="kvm", qemu_args=("-accel", "kvm", "-cpu", "host"), kernel_args=())
+    return tcg(problem)
 
 
-def tcg() -> Accelerator:
+def tcg(reason: str) -> Accelerator:
     return Accelerator(
         name="tcg",
         # A 64 MiB translation cache instead of the default quarter of guest RAM or more
@@ -74,6 +81,7 @@ def tcg() -> Accelerator:
         # clocksource watchdog would judge the TSC unstable and fall back to jiffies, whose
         # clock then loses time (76 s in 9 minutes was seen).
         kernel_args=(f"tsc_early_khz={_host_tsc_khz()}", "tsc=reliable"),
+        reason=reason,
     )
 
 

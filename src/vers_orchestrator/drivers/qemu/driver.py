@@ -39,7 +39,11 @@ from vers_orchestrator.drivers.base import (
 from vers_orchestrator.drivers.qemu.boot import boot_initrd
 from vers_orchestrator.drivers.qemu.guest import Guests
 from vers_orchestrator.drivers.qemu.host import QemuDriverConfig, VmHost, check_id, check_spec
-from vers_orchestrator.drivers.qemu.images import ImagePaths, ensure_default_image
+from vers_orchestrator.drivers.qemu.images import (
+    ImagePaths,
+    ensure_default_image,
+    load_default_image,
+)
 from vers_orchestrator.drivers.qemu.layout import VmRecord
 from vers_orchestrator.drivers.qemu.machine import free_port, run
 from vers_orchestrator.drivers.qemu.snapshots import Snapshots
@@ -69,6 +73,8 @@ class QemuDriver:
         self._guests = Guests(self._host)
         self._snapshots = Snapshots(self._host, self._guests)
         self.accelerator = self._host.accelerator
+        log.info("accelerator: %s (%s)", self.accelerator.name, self.accelerator.reason)
+        log.info("image: %s", _describe_image(config.images_dir))
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -266,6 +272,16 @@ class QemuDriver:
         create_dirs: bool = False,
     ) -> int:
         return await self._guests.write_file(vm_id, path, data, mode, create_dirs)
+
+
+def _describe_image(images_dir: Path) -> str:
+    try:
+        image = load_default_image(images_dir)
+    except (OSError, ValueError, KeyError) as exc:
+        return f"cannot read the default image in {images_dir}: {exc}"
+    if image is None:
+        return f"the default image is not built yet in {images_dir}"
+    return f"{image.directory} (kernel {image.kernel_version})"
 
 
 def _log_progress(message: str) -> None:

@@ -42,6 +42,9 @@ MIN_MEM_MIB = 128
 MAX_VCPUS = 64
 # A unix socket path must fit in sun_path (108 bytes with its NUL).
 MAX_SOCKET_PATH = 107
+# The programs the driver runs, with the Debian package of each (`make install` installs
+# them).
+QEMU_PACKAGES = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ NO_ASLR = ("norandmaps",)
 class VmHost:
     def __init__(self, config: QemuDriverConfig) -> None:
         self.config = config
+        check_qemu_installed(config.qemu_binary)
         self.layout = Layout(config.state_dir, config.runtime_dir)
         longest = self.layout.runtime_dir / ("x" * 64) / "vers.sock"
         if len(str(longest)) > MAX_SOCKET_PATH:
@@ -255,6 +259,18 @@ class VmHost:
 async def is_running(qmp: QmpClient) -> bool:
     status = await qmp.execute("query-status")
     return bool(status["running"])
+
+
+def check_qemu_installed(qemu_binary: str) -> None:
+    """Refuse to start without QEMU, rather than fail at the first VM."""
+    missing = [program for program in (qemu_binary, "qemu-img") if shutil.which(program) is None]
+    if missing:
+        packages = [QEMU_PACKAGES.get(program, program) for program in missing]
+        noun = "package" if len(packages) == 1 else "packages"
+        raise DriverError(
+            f"QEMU is not installed ({', '.join(missing)} not found on PATH):"
+            f" install the Debian {noun} {' '.join(packages)} (`make install` does)"
+        )
 
 
 def check_id(value: str, kind: str) -> None:

@@ -124,11 +124,14 @@ class Layout:
         self.boot = self.state_dir / "boot"
 
     def create_directories(self) -> None:
-        for directory in (self.vms, self.commits, self.layers, self.boot):
-            directory.mkdir(parents=True, exist_ok=True)
-        # The runtime directory usually sits in world-writable /dev/shm: it must be ours
-        # and closed to others, or someone could plant sockets or RAM files there.
-        self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        try:
+            for directory in (self.vms, self.commits, self.layers, self.boot):
+                directory.mkdir(parents=True, exist_ok=True)
+            # The runtime directory usually sits in world-writable /dev/shm: it must be
+            # ours and closed to others, or someone could plant sockets or RAM files there.
+            self.runtime_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise DriverError(f"cannot make the directory {exc.filename}: {exc.strerror}") from None
         status = self.runtime_dir.lstat()
         if not stat.S_ISDIR(status.st_mode) or status.st_uid != os.geteuid():
             raise DriverError(f"{self.runtime_dir} is not a directory owned by this user")

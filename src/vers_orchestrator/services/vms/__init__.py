@@ -37,5 +37,8 @@ class Vms:
     async def reconcile(self) -> None:
         await self.lifecycle.reconcile()
 
+    async def stop_all(self) -> list[str]:
+        return await self.lifecycle.stop_all()
+
     async def close(self) -> None:
         await self._context.close(CLOSE_TIMEOUT_SECONDS)

@@ -104,6 +104,30 @@ class Lifecycle:
         live = await context.db.read(lambda tx: vm_store.list_live_on_node(tx, context.node))
         context.exec_logs.keep_only({vm.vm_id for vm in live})
 
+    async def stop_all(self) -> list[str]:
+        """Stop every VM this node runs, for `vms stop-all` while no server runs: each VM's
+        QEMU and files go (its commits stay), then `reconcile` records the VMs `dead`, as
+        the next start-up would find them; the user deletes them through the API. Returns
+        the VMs that were running or paused."""
+        context = self._context
+        stopped: list[str] = []
+        failed = 0
+        for vm in (await context.driver.inventory()).vms:
+            try:
+                await context.driver.delete_vm(vm.vm_id)
+            except driver_api.VmNotFound:
+                continue
+            except driver_api.DriverError as exc:
+                log.error("VM %s could not be stopped: %s", vm.vm_id, exc)
+                failed += 1
+                continue
+            if vm.state is not driver_api.VmState.DEAD:
+                stopped.append(vm.vm_id)
+        await self.reconcile()
+        if failed:
+            raise VmOperationFailed(f"{failed} VMs could not be stopped (see the log above)")
+        return stopped
+
     async def _settle_after_crash(self, vm_id: str, wanted: State, found: State) -> None:
         context = self._context
         driver = context.driver
