@@ -16,7 +16,10 @@ $(VENV)/.installed: pyproject.toml scripts/install-system-packages.sh
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# The guest image is built before serving (about a minute, once), so the first VM does
+# not wait for it inside a request.
 run: install
+	$(BIN)/vers-orchestrator images build-default --if-missing
 	@echo "Create an API key in another shell with:"
 	@echo "  $(BIN)/vers-orchestrator keys create --org my-org --user me"
 	$(BIN)/vers-orchestrator serve --host $(HOST) --port $(PORT)

@@ -72,6 +72,8 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
         try:
             # VMs keep running while the server is down: find them again before serving.
             await vm_service.reconcile()
+            # A first VM should not wait for the image a first request would build.
+            driver.warm_up()
         except BaseException:
             await driver.close()
             await db.close()

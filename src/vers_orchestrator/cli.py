@@ -212,12 +212,17 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _images_build_default(settings: Settings, args: argparse.Namespace) -> int:
-    from vers_orchestrator.drivers.qemu.images import ImageBuildError, build_default_image
+    from vers_orchestrator.console import stage_bar
+    from vers_orchestrator.drivers.qemu.images import (
+        ImageBuildError,
+        build_default_image,
+        ensure_default_image,
+    )
 
+    build = ensure_default_image if args.if_missing else build_default_image
     try:
-        image = build_default_image(
-            settings.effective_images_dir, lambda line: print(line, file=sys.stderr, flush=True)
-        )
+        with stage_bar() as progress:
+            image = build(settings.effective_images_dir, progress)
     except ImageBuildError as exc:
         _error(str(exc))
         return 1
@@ -364,12 +369,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
     images = commands.add(top, "images", "guest images", None).add_subparsers(
         dest="images_command", required=True, metavar="COMMAND"
     )
-    commands.add(
+    build_default = commands.add(
         images,
         "build-default",
         "build the default guest image from Debian packages (needs root)",
         _images_build_default,
         more="It takes about a minute; VMs made before keep the image they have.",
+    )
+    build_default.add_argument(
+        "--if-missing",
+        action="store_true",
+        help="build only when there is no default image yet (what `make run` does)",
     )
 
     vms = commands.add(top, "vms", "VMs on this machine", None).add_subparsers(

@@ -81,7 +81,7 @@ async def create_new_root_vm(
             kernel_name=config.kernel_name,
             labels=config.labels,
         ),
-        wait_boot=wait_boot is not False,
+        wait_boot=wait_boot is True,
     )
     return NewVmResponse(vm_id=vm.vm_id)
 

@@ -273,6 +273,11 @@ class VmDriver(Protocol):
 
     async def inventory(self) -> Inventory: ...
 
+    def warm_up(self) -> None:
+        """Start preparing what new VMs need (the default image) in the background, if it
+        is missing; returns at once. VM creation waits for it."""
+        ...
+
     async def remove_leftovers(self) -> list[str]:
         """Remove the files and processes of operations a crash cut short (unfinished
         commits and VMs, helpers, runtime folders of VMs that are gone); returns what went.

@@ -12,12 +12,15 @@ One driver object per state directory at a time: QEMU's sockets take one client 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import threading
 import time
 from collections.abc import AsyncIterable, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar, cast
 
 from vers_orchestrator.drivers.base import (
     BranchResult,
@@ -67,6 +70,9 @@ rm -f /run/vers-orchestrator-key /run/vers-orchestrator-key.pub
 """
 
 
+T = TypeVar("T")
+
+
 class QemuDriver:
     def __init__(self, config: QemuDriverConfig) -> None:
         self._host = VmHost(config)
@@ -75,6 +81,25 @@ class QemuDriver:
         self.accelerator = self._host.accelerator
         log.info("accelerator: %s (%s)", self.accelerator.name, self.accelerator.reason)
         log.info("image: %s", _describe_image(config.images_dir))
+        # The default image's build in progress, shared by every VM that waits for it.
+        self._image_build: asyncio.Future[ImagePaths] | None = None
+
+    def warm_up(self) -> None:
+        if load_default_image(self._host.config.images_dir) is not None:
+            return
+        log.info("image: building the default guest image in the background; new VMs wait for it")
+        self._default_image().add_done_callback(_log_build_failure)
+
+    def _default_image(self) -> asyncio.Future[ImagePaths]:
+        """The default image, built once if missing: callers that come during a build
+        share it; a later call looks again (`images build-default` may have made a newer
+        one), and a failed build is tried again by the next VM."""
+        build = self._image_build
+        if build is None or build.done():
+            images_dir = self._host.config.images_dir
+            build = _in_daemon_thread(lambda: ensure_default_image(images_dir, _log_progress))
+            self._image_build = build
+        return build
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -85,9 +110,8 @@ class QemuDriver:
         async with host.lock(vm_id):
             if host.layout.vm_dir(vm_id).exists():
                 raise VmAlreadyExists(vm_id)
-            image = await asyncio.to_thread(
-                ensure_default_image, host.config.images_dir, _log_progress
-            )
+            # Shielded: a VM request that is given up on does not stop the build for others.
+            image = await asyncio.shield(self._default_image())
             if spec.disk_mib < image.rootfs_mib:
                 raise InvalidRequest(
                     f"disk_mib must be at least {image.rootfs_mib} (the image's file system)"
@@ -282,6 +306,43 @@ def _describe_image(images_dir: Path) -> str:
     if image is None:
         return f"the default image is not built yet in {images_dir}"
     return f"{image.directory} (kernel {image.kernel_version})"
+
+
+def _in_daemon_thread(work: Callable[[], T]) -> asyncio.Future[T]:
+    """`work()` in a thread of its own whose result lands in the returned future.
+
+    Not `asyncio.to_thread`: the event loop's executor is joined when the server stops,
+    and a server stopped during a minute-long image build would wait for it, silent. A
+    daemon thread ends with the process; the build's file lock goes with it, and the next
+    build removes what this one left (`images._build`).
+    """
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def deliver(result: T | None, failure: BaseException | None) -> None:
+        if future.done():
+            return
+        if failure is not None:
+            future.set_exception(failure)
+        else:
+            future.set_result(cast(T, result))
+
+    def run() -> None:
+        outcome: tuple[T | None, BaseException | None]
+        try:
+            outcome = (work(), None)
+        except BaseException as exc:  # handed to the waiting coroutines, not lost here
+            outcome = (None, exc)
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            loop.call_soon_threadsafe(deliver, *outcome)
+
+    threading.Thread(target=run, name="default-image-build", daemon=True).start()
+    return future
+
+
+def _log_build_failure(build: asyncio.Future[ImagePaths]) -> None:
+    if not build.cancelled() and build.exception() is not None:
+        log.error("image: the default guest image could not be built: %s", build.exception())
 
 
 def _log_progress(message: str) -> None:

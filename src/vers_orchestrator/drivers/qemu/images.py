@@ -219,6 +219,10 @@ def _build_lock(images_dir: Path) -> Iterator[None]:
 def _build(images_dir: Path, progress: Progress) -> ImagePaths:
     images_dir = images_dir.resolve()
     _check_host(progress)
+    # Under the build lock no other build runs: staging folders are those of builds whose
+    # process died (a server stopped mid-build).
+    for stale in images_dir.glob(f".{DEFAULT_IMAGE_NAME}-build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     started = time.monotonic()
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     final = images_dir / f"{DEFAULT_IMAGE_NAME}-{stamp}"
