@@ -159,6 +159,8 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
                 }
             )
         )
+    elif args.format == "token":
+        print(created.api_key)  # for `export VERS_API_KEY=$(… --format token)`
     else:
         print(f"API key for {created.user_name} in {created.org_name} (shown only once):")
         print(f"  {created.api_key}")
@@ -352,7 +354,12 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
         type=int,
         help="MiB of disk the key's live VMs may have together (default: no limit)",
     )
-    create.add_argument("--format", choices=("text", "json"), default="text", help="output format")
+    create.add_argument(
+        "--format",
+        choices=("text", "json", "token"),
+        default="text",
+        help="output format; token: the key alone",
+    )
 
     listing = commands.add(keys, "list", "list API keys", _keys_list)
     listing.add_argument("--org", help="only this organization's keys (default: all)")
