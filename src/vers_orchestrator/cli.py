@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 from vers_orchestrator import __version__, startup
 from vers_orchestrator.errors import VersError
+from vers_orchestrator.log_format import OneLineFormatter
 from vers_orchestrator.settings import Settings, SettingsError
 from vers_orchestrator.store.database import Database
 
@@ -26,11 +27,9 @@ log = logging.getLogger("vers_orchestrator")
 
 
 def _configure_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(OneLineFormatter())
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
     # Every request writes an access-log line: skip what no line of ours prints (the
     # caller's source file, thread and process), as the logging HOWTO's "Optimization"
     # section describes.
@@ -89,7 +88,11 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             # make uvicorn's guess of the interface say ASGI 2.
             interface="asgi3",
             http=bounded_http_protocol(
-                HeadLimits(settings.header_timeout_seconds, settings.max_header_bytes)
+                HeadLimits(
+                    settings.header_timeout_seconds,
+                    settings.max_header_bytes,
+                    settings.body_timeout_seconds,
+                )
             ),
             # Idle keep-alive connections close after this many seconds (uvicorn's default,
             # made explicit); a connection that has begun its next head is bounded by the

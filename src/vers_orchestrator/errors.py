@@ -22,6 +22,20 @@ class BadRequest(VersError):
     status_code = 400
 
 
+class BodyIncomplete(BadRequest):
+    """The connection ended (or was ended, `http_server`) before the whole body came; no
+    reply reaches anyone, but the handler must not act on part of a body."""
+
+    message = "the request body ended early: the connection closed before all of it came"
+
+
+class BodyNotJson(BadRequest):
+    """A body that is not JSON at all; `reason` in msgspec's words (`api/bodies.py`)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(f"Failed to parse the request body as JSON: {reason}")
+
+
 class InvalidQuery(BadRequest):
     """A query parameter the route cannot read, in the hosted service's (serde's) words."""
 

@@ -31,6 +31,9 @@ class Settings:
     # of a head came); the head may be at most `max_header_bytes` long (431 beyond).
     header_timeout_seconds: float = 10.0
     max_header_bytes: int = 64 * 1024
+    # A request body that sends nothing for this long, while the server is ready to read
+    # it, gets 408 and the connection is closed.
+    body_timeout_seconds: float = 30.0
     # The JSON (base64) form of the files routes carries files up to this size, and exec
     # bodies (stdin) may be as large; raw file transfers have no limit but the guest's disk.
     max_file_bytes: int = 64 * 1024 * 1024
@@ -84,6 +87,9 @@ class Settings:
                     get("HEADER_TIMEOUT_SECONDS") or defaults.header_timeout_seconds
                 ),
                 max_header_bytes=int(get("MAX_HEADER_BYTES") or defaults.max_header_bytes),
+                body_timeout_seconds=float(
+                    get("BODY_TIMEOUT_SECONDS") or defaults.body_timeout_seconds
+                ),
                 max_file_bytes=int(get("MAX_FILE_BYTES") or defaults.max_file_bytes),
                 exec_log_bytes_per_vm=int(
                     get("EXEC_LOG_BYTES_PER_VM") or defaults.exec_log_bytes_per_vm

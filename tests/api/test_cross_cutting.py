@@ -33,6 +33,16 @@ class TestFrameworkErrorsAreJson:
         assert response.headers["content-type"] == "application/json"
         assert response.json() == error("no route for GET /api/v1/no-such-thing")
 
+    def test_an_empty_body_where_one_is_needed_is_400(self, server: Server, key: Key) -> None:
+        headers = {"Content-Type": "application/json"}
+        with server.client(key.token, **headers) as client:
+            for body in (b"", b" "):
+                response = client.post(PATH, content=body)
+                assert (response.status_code, response.json()) == (
+                    400,
+                    error("Failed to parse the request body as JSON: input data was truncated"),
+                )
+
     def test_wrong_method_is_405(self, server: Server, key: Key) -> None:
         with server.client(key.token) as client:
             response = client.put(PATH, json={"name": "x"})

@@ -22,14 +22,17 @@ from tests.support import Backend, Key, Server, error, make_key, unique_name
 from vers_orchestrator.settings import Settings
 
 TOO_LARGE = "request header fields are too large (limit 65536 bytes)"
+VALIDATE = b"POST /api/v1/keys/validate HTTP/1.1\r\nHost: x\r\n"
 
 
 @pytest.fixture(scope="module")
 def quick(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """A server with a 1 s head timeout (the default, 10 s, would make these tests slow)
-    and the default head limit."""
+    """A server with 1 s head and body timeouts (the defaults, 10 s and 30 s, would make
+    these tests slow) and the default head limit."""
     directory = tmp_path_factory.mktemp("quick")
-    backend = Backend.create("sqlite", directory, HEADER_TIMEOUT_SECONDS="1")
+    backend = Backend.create(
+        "sqlite", directory, HEADER_TIMEOUT_SECONDS="1", BODY_TIMEOUT_SECONDS="1"
+    )
     running = Server(backend, directory / "server.log").start()
     yield running
     running.stop()
@@ -80,7 +83,11 @@ def parse(reply: bytes) -> tuple[int, dict[str, str], object]:
 
 def test_defaults() -> None:
     settings = Settings.from_env({})
-    assert (settings.header_timeout_seconds, settings.max_header_bytes) == (10.0, 65536)
+    assert (
+        settings.header_timeout_seconds,
+        settings.max_header_bytes,
+        settings.body_timeout_seconds,
+    ) == (10.0, 65536, 30.0)
 
 
 class TestHeadTimeout:
@@ -114,6 +121,13 @@ class TestHeadTimeout:
             assert read_response(connection).startswith(b"HTTP/1.1 404 ")
             assert read_until_closed(connection) == b""
 
+    def test_part_of_a_next_head_gets_408_not_a_silent_close(self, quick: Server) -> None:
+        with connect(quick) as connection:
+            connection.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\nGET /hea")
+            assert read_response(connection).startswith(b"HTTP/1.1 200 ")
+            status, _, body = parse(read_until_closed(connection))
+        assert (status, body) == (408, error("request header not received within 1 s"))
+
     def test_keep_alive_serves_requests_that_come_in_time(
         self, quick: Server, quick_key: Key
     ) -> None:
@@ -126,6 +140,53 @@ class TestHeadTimeout:
                 connection.sendall(request)
                 assert read_response(connection).startswith(b"HTTP/1.1 200 ")
                 time.sleep(0.5)
+
+
+class TestBodyTimeout:
+    def _head(self, key: Key, extra: bytes) -> bytes:
+        return (
+            b"POST /api/v1/repositories HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+            b"Content-Type: application/json\r\nAuthorization: Bearer "
+            + key.token.encode()
+            + b"\r\n"
+            + extra
+            + b"\r\n"
+        )
+
+    @pytest.mark.parametrize(
+        ("extra", "sent"),
+        [
+            (b"Content-Length: 40\r\n", b"{"),
+            (b"Content-Length: 12\r\nExpect: 100-continue\r\n", b""),
+            (b"Transfer-Encoding: chunked\r\n", b"ffffffffffffffff\r\n{"),
+        ],
+    )
+    def test_a_body_that_stops_coming_is_408(
+        self, quick: Server, quick_key: Key, extra: bytes, sent: bytes
+    ) -> None:
+        with connect(quick) as connection:
+            connection.sendall(self._head(quick_key, extra) + sent)
+            reply = read_until_closed(connection)
+        reply = reply.removeprefix(b"HTTP/1.1 100 Continue\r\n\r\n")
+        status, headers, body = parse(reply)
+        assert (status, headers["connection"], body) == (
+            408,
+            "close",
+            error("request body stalled: no data for 1 s"),
+        )
+        with quick.client(quick_key.token) as client:
+            assert client.get("/api/v1/repositories").json()["repositories"] == []
+
+    def test_a_slow_body_that_keeps_coming_is_served(self, quick: Server, quick_key: Key) -> None:
+        name = unique_name()
+        body = b'{"name": "%s"}' % name.encode()
+        with connect(quick) as connection:
+            connection.sendall(self._head(quick_key, b"Content-Length: %d\r\n" % len(body)))
+            for offset in range(0, len(body), 8):  # 8 bytes every 0.4 s: slower than 1 s total
+                connection.sendall(body[offset : offset + 8])
+                time.sleep(0.4)
+            status, _, answer = parse(read_until_closed(connection))
+        assert (status, answer) == (201, {"repo_id": answer["repo_id"], "name": name})  # type: ignore[index]
 
 
 class TestHeadSize:
@@ -146,6 +207,15 @@ class TestHeadSize:
             )
             status, headers, body = parse(read_until_closed(connection))
         assert (status, headers["connection"], body) == (431, "close", error(TOO_LARGE))
+
+    def test_an_oversized_trailer_is_431(self, quick: Server) -> None:
+        with connect(quick) as connection:
+            connection.sendall(
+                b"POST /api/v1/keys/validate HTTP/1.1\r\nHost: x\r\n"
+                b"Transfer-Encoding: chunked\r\n\r\n0\r\nX-T: " + b"a" * 100_000 + b"\r\n\r\n"
+            )
+            status, _, body = parse(read_until_closed(connection))
+        assert (status, body) == (431, error(TOO_LARGE))
 
     def test_many_small_headers_add_up(self, quick: Server) -> None:
         many = b"".join(b"X-H%d: %s\r\n" % (n, b"v" * 100) for n in range(1000))
@@ -179,6 +249,9 @@ class TestParseErrors:
             b"GARBAGE\r\n\r\n",
             b"GET /api/v1/whoami HTTP/1.1\r\nHost: x\r\nContent-Length: ten\r\n\r\n",
             b"GET /api/v1/whoami HTTP/1.1\r\nBad Header\r\n\r\n",
+            # Rejected after the head, while a handler already runs for the request.
+            VALIDATE + b"Transfer-Encoding: identity\r\n\r\n",
+            VALIDATE + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n",
         ],
     )
     def test_an_unparsable_request_is_a_json_400(self, quick: Server, request_bytes: bytes) -> None:

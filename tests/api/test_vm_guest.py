@@ -509,6 +509,47 @@ class TestFiles:
         )
 
 
+class TestDisk:
+    def test_a_file_system_that_does_not_grow_keeps_the_disk_size_counted(
+        self, guest: Guest
+    ) -> None:
+        # The guest's resize2fs fails, with text that would forge a log line if written raw.
+        guest.shell(
+            "mv /usr/sbin/resize2fs /usr/sbin/resize2fs.real && printf '#!/bin/sh\\n"
+            'echo "oops\\n2026-01-01 00:00:00,000 INFO vers_orchestrator.access forged" >&2'
+            "\\nexit 1\\n' > /usr/sbin/resize2fs && chmod +x /usr/sbin/resize2fs"
+        )
+        try:
+            with guest.client() as client:
+                size = int(guest.shell("blockdev --getsize64 /dev/vda")) // (1024 * 1024)
+                grown = client.patch(
+                    f"/api/v1/vm/{guest.vm_id}/disk", json={"fs_size_mib": size + 64}
+                )
+                assert (grown.status_code, grown.json()) == (
+                    400,
+                    error(
+                        f"the VM refused: the disk is now {size + 64} MiB, but growing its file"
+                        " system failed (resize2fs exited 1): oops\n2026-01-01 00:00:00,000 INFO"
+                        " vers_orchestrator.access forged"
+                    ),
+                )
+                # The disk did grow, and is counted at its new size.
+                again = client.patch(
+                    f"/api/v1/vm/{guest.vm_id}/disk", json={"fs_size_mib": size + 64}
+                )
+                assert (again.status_code, again.json()) == (
+                    400,
+                    error(f"fs_size_mib must be larger than the current size ({size + 64} MiB)"),
+                )
+        finally:
+            guest.shell("mv /usr/sbin/resize2fs.real /usr/sbin/resize2fs")
+        assert int(guest.shell("blockdev --getsize64 /dev/vda")) == (size + 64) * 1024 * 1024
+        # The guest's text is one escaped line of the server's log, not a forged record.
+        log = guest.server.log_text()
+        assert "\nINFO vers_orchestrator.access forged" not in log
+        assert "\n2026-01-01 00:00:00,000 INFO vers_orchestrator.access forged" not in log
+
+
 class TestIdentity:
     def test_branches_have_the_hosts_time_and_names_and_keys_of_their_own(
         self, guest: Guest

@@ -379,6 +379,36 @@ class TestInTheGuest:
         assert response.status_code == 400
         assert response.json() == error("command must not be empty")
 
+    @pytest.mark.parametrize(
+        ("extra", "field"),
+        [
+            ({"command": ["echo", "a\u0000b"]}, "command"),
+            ({"env": {"A": "x\u0000y"}}, "env"),
+            ({"env": {"A\u0000": "x"}}, "env"),
+            ({"working_dir": "/tmp\u0000x"}, "working_dir"),
+        ],
+    )
+    def test_a_nul_is_400_naming_its_field(
+        self, server: Server, key: Key, extra: dict[str, Any], field: str
+    ) -> None:
+        body = {"command": ["true"], **extra}
+        response = _send(server, key.token, "POST", f"/api/v1/vm/{UNKNOWN}/exec", body)
+        assert (response.status_code, response.json()) == (
+            400,
+            error(f"{field} must not contain NUL characters"),
+        )
+
+    def test_max_entries_zero_gives_no_entries(self, backend: Backend, server: Server) -> None:
+        owner = make_key(backend)
+        vm_id = _vm_here(backend, owner)
+        try:
+            path = f"/api/v1/vm/{vm_id}/logs?max_entries=0"
+            response = _send(server, owner.token, "GET", path, None)
+            assert response.status_code == 200
+            assert response.json()["entries"] == []
+        finally:
+            _end_vm(backend, vm_id)
+
     def test_exec_without_command_is_422(self, server: Server, key: Key) -> None:
         response = _send(server, key.token, "POST", f"/api/v1/vm/{UNKNOWN}/exec", {})
         assert response.status_code == 422
@@ -500,11 +530,18 @@ class TestBranch:
         response = _send(server, key.token, "POST", path, None)
         assert (response.status_code, response.json()) == (404, error("commit not found"))
 
-    @pytest.mark.parametrize("count", ["256", "-1", "many"])
-    def test_count_out_of_range_is_400(self, server: Server, key: Key, count: str) -> None:
-        path = f"/api/v1/vm/branch/by_tag/v1?count={count}"
+    @pytest.mark.parametrize("count", ["256", "-1", "many", "1e2"])
+    @pytest.mark.parametrize("route", ["by_tag/v1", f"by_commit/{UNKNOWN}"])
+    def test_a_bad_count_is_400_in_the_common_shape(
+        self, server: Server, key: Key, count: str, route: str
+    ) -> None:
+        # Found before the route runs, whichever check finds it.
+        path = f"/api/v1/vm/branch/{route}?count={count}"
         response = _send(server, key.token, "POST", path, None)
         assert response.status_code == 400
+        body = response.json()
+        assert set(body) == {"success", "error"}
+        assert body["error"].startswith("Failed to deserialize query string: ")
 
     def test_count_zero_makes_no_vm(self, backend: Backend, server: Server, key: Key) -> None:
         repo = unique_name()

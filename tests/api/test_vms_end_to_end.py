@@ -8,6 +8,7 @@ Everything the module made is deleted at the end, and no QEMU process of it surv
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
@@ -38,6 +39,7 @@ from tests.support import (
     unique_name,
 )
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
+from vers_orchestrator.drivers.qemu.qmp import QmpClient
 
 pytestmark = pytest.mark.slow
 
@@ -470,6 +472,37 @@ def test_a_commit_cut_by_a_crash_leaves_the_vm_as_asked_and_nothing_behind(
         on_record |= {commit["commit_id"] for commit in listed["commits"]}
     assert {path.name for path in (state_dir / "commits").iterdir()} <= on_record
     assert len(qemu_processes(story.runtime_dir())) == 1
+
+
+def test_a_paused_vm_a_crash_left_migrated_commits_after_a_restart(story: Story) -> None:
+    """A crash after a commit's migration but before its end leaves QEMU in `postmigrate`:
+    stopped, its disks handed over. Made here directly (what the commit would have done),
+    on a VM the user paused, so the restart has no state to change and must still make
+    it committable."""
+    root = story.values["root"]
+    story.sdk(story.owner, lambda c: c.update_vm_state(root, {"state": "Paused"}))
+    story.server.stop()
+    socket_path = Path(story.runtime_dir()) / root / "qmp.sock"
+
+    async def migrate_away() -> str:
+        async with await QmpClient.connect(socket_path) as qmp:
+            await qmp.execute("migrate", {"uri": "exec:cat > /dev/null"})
+            for _ in range(2000):
+                if (await qmp.execute("query-migrate")).get("status") == "completed":
+                    break
+                await asyncio.sleep(0.01)
+            status: str = (await qmp.execute("query-status"))["status"]
+            return status
+
+    assert asyncio.run(migrate_away()) == "postmigrate"
+    story.server.start()
+    assert story.sdk(story.owner, lambda c: c.vm_status(root))["state"] == "paused"
+    with story.server.client(story.owner.token) as client:
+        committed = client.post(f"/api/v1/vm/{root}/commit", json={}, timeout=240)
+    assert committed.status_code == 201, committed.text
+    assert story.sdk(story.owner, lambda c: c.vm_status(root))["state"] == "paused"
+    story.sdk(story.owner, lambda c: c.update_vm_state(root, {"state": "Running"}))
+    assert _exec(story, story.owner, root, ["echo", "on"])["stdout"] == "on\n"
 
 
 def test_ssh_key_and_disk_growth(story: Story) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from vers_orchestrator.errors import PayloadTooLarge
+from vers_orchestrator.errors import BodyIncomplete, PayloadTooLarge
 
 Message = dict[str, Any]
 RawReceive = Callable[[], Awaitable[Message]]
@@ -19,13 +19,14 @@ RawApp = Callable[[Any, RawReceive, RawSend], Awaitable[None]]
 
 
 async def read_body(receive: RawReceive, limit: int) -> bytes:
-    """The whole request body; 413 past `limit` bytes (0: no limit)."""
+    """The whole request body; `PayloadTooLarge` (413) past `limit` bytes (0: no limit),
+    `BodyIncomplete` (400) when the connection ends first."""
     chunks: list[bytes] = []
     size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
-            break
+            raise BodyIncomplete()
         chunk = message.get("body", b"")
         size += len(chunk)
         if limit and size > limit:

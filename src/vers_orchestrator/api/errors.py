@@ -20,7 +20,13 @@ from litestar.exceptions import (
 from litestar.status_codes import HTTP_413_REQUEST_ENTITY_TOO_LARGE
 
 from vers_orchestrator.api.runtime import CONTEXT_KEY, AnyRequest, RequestContext
-from vers_orchestrator.errors import InternalError, InvalidQuery, VersError
+from vers_orchestrator.errors import (
+    BodyIncomplete,
+    BodyNotJson,
+    InternalError,
+    InvalidQuery,
+    VersError,
+)
 from vers_orchestrator.schemas.common import ErrorResponse
 
 log = logging.getLogger("vers_orchestrator.errors")
@@ -80,7 +86,11 @@ def handle_http_exception(request: AnyRequest, exc: HTTPException) -> Response[b
         # Litestar wraps msgspec's decode error of the body: not JSON at all.
         status_code = 400
         detail = exc.detail.removeprefix("JSON is malformed: ")
-        message = f"Failed to parse the request body as JSON: {detail[:1].lower()}{detail[1:]}"
+        message = BodyNotJson(f"{detail[:1].lower()}{detail[1:]}").message
+    elif exc.detail == "client disconnected prematurely":
+        # Litestar's words for a body cut short (the client left, or `http_server` timed it
+        # out): the same as ours, and not a server fault.
+        status_code, message = BodyIncomplete.status_code, BodyIncomplete.message
     elif exc.status_code >= 500:
         return handle_unexpected(request, exc)
     else:

@@ -8,7 +8,11 @@ and answers a connection that never sends anything by never closing it. Here:
   came it is closed without a word, as an idle keep-alive connection is;
 - a head (request line and header fields) longer than `max_header_bytes` gets 431,
   found while it arrives, not after buffering all of it;
-- a head the parser rejects gets 400 in the JSON error shape of every other error.
+- a request body may not stall: no byte for `body_timeout_seconds` while the server is
+  ready to read gets 408 (a slow body is fine, a stopped one is not);
+- what the parser rejects, in a head or after it (a bad chunk, an oversized trailer),
+  gets 400 (431) in the JSON error shape of every other error; the handler already
+  running for that request is told the client left, and its reply is dropped.
 Each of these replies closes the connection: what follows on it cannot be trusted to be
 at a request boundary. So does any response sent before its request's body has all come.
 """
@@ -31,10 +35,11 @@ log = logging.getLogger("vers_orchestrator.http")
 
 @dataclass(frozen=True, slots=True)
 class HeadLimits:
-    """Settings `header_timeout_seconds` and `max_header_bytes`."""
+    """Settings `header_timeout_seconds`, `max_header_bytes` and `body_timeout_seconds`."""
 
     timeout_seconds: float
     max_bytes: int
+    body_timeout_seconds: float
 
 
 class _HeadRefused(Exception):
@@ -56,6 +61,9 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_fields = 0
         self._head_buffered = 0
         self._refusal: tuple[int, str] | None = None
+        # While a body is expected: a timer, and when its last bytes came (loop time).
+        self._body_timer: asyncio.TimerHandle | None = None
+        self._body_seen = 0.0
 
     # Connection events
 
@@ -65,15 +73,24 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
+        self._disarm_body_timer()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         inside_head = self._head_open
         super().data_received(data)
-        if inside_head and self._head_open and not self.transport.is_closing():
+        if self.transport.is_closing():
+            return
+        if inside_head and self._head_open:
             self._head_buffered += len(data)
             if self._head_buffered > self._limits.max_bytes:
                 self._refuse(*self._too_large())
+                return
+        cycle = self.cycle
+        if cycle is not None and cycle.more_body and not cycle.response_complete:
+            self._body_seen = self.loop.time()
+            if self._body_timer is None:
+                self._arm_body_timer(self._limits.body_timeout_seconds)
 
     def send_400_response(self, msg: str) -> None:
         # uvicorn's answer to anything the parser raises, our refusals included.
@@ -101,6 +118,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._disarm_head_timer()
         super().on_headers_complete()
 
+    def on_message_complete(self) -> None:
+        self._disarm_body_timer()
+        super().on_message_complete()
+
     def on_response_complete(self) -> None:
         super().on_response_complete()
         if self.transport.is_closing() or not (self.cycle is None or self.cycle.response_complete):
@@ -110,7 +131,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             # read only to be dropped, for as long as the client cares to send it.
             self.transport.close()
             return
-        # The next head's clock starts now.
+        # The next head's clock starts now; part of it may be here already, and uvicorn's
+        # keep-alive timer (for idle connections) must not cut that one off silently.
+        if self._head_open:
+            self._unset_keepalive_if_required()
         self._arm_head_timer()
 
     # Bounds
@@ -144,20 +168,52 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         else:
             self.transport.close()
 
+    def _arm_body_timer(self, delay: float) -> None:
+        self._body_timer = self.loop.call_later(delay, self._body_check)
+
+    def _disarm_body_timer(self) -> None:
+        if self._body_timer is not None:
+            self._body_timer.cancel()
+            self._body_timer = None
+
+    def _body_check(self) -> None:
+        self._body_timer = None
+        cycle = self.cycle
+        if self.transport.is_closing() or cycle is None or not cycle.more_body:
+            return
+        now = self.loop.time()
+        if self.flow.read_paused:
+            # The handler has not taken what came: the client could not send, not its fault.
+            self._body_seen = now
+        idle = now - self._body_seen
+        timeout = self._limits.body_timeout_seconds
+        if idle < timeout:
+            self._arm_body_timer(timeout - idle)
+            return
+        self._refuse(408, f"request body stalled: no data for {timeout:g} s")
+
     def _refuse(self, status: int, message: str) -> None:
-        """Reply `status` with `message` as a JSON error (unless a response is under way,
-        which the reply would corrupt), then close the connection."""
+        """Reply `status` with `message` as a JSON error, then close the connection. A
+        handler still waiting for this request's body is told the client left (its reply
+        is dropped); once a response has begun, closing is all that is left."""
         self._disarm_head_timer()
-        if self.cycle is None or self.cycle.response_complete:
-            body = error_body(message)
-            head = (
-                f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
-                "content-type: application/json\r\n"
-                f"content-length: {len(body)}\r\n"
-                "connection: close\r\n\r\n"
-            )
-            self.transport.write(head.encode("ascii") + body)
-        log.info("refused a request head: %d %s", status, message)
+        self._disarm_body_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.response_started:
+                self.transport.close()
+                return
+            cycle.disconnected = True
+            cycle.message_event.set()
+        body = error_body(message)
+        head = (
+            f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}\r\n"
+            "content-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n"
+            "connection: close\r\n\r\n"
+        )
+        self.transport.write(head.encode("ascii") + body)
+        log.info("refused a request: %d %s", status, message)
         self.transport.close()
 
 

@@ -24,7 +24,12 @@ from vers_orchestrator.api.paths import routing_path
 from vers_orchestrator.api.query import check_integers, integer_parameters
 from vers_orchestrator.api.responses import json_reply
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, RequestContext, Runtime
-from vers_orchestrator.errors import InvalidCredentials, PayloadTooLarge, UnsupportedMediaType
+from vers_orchestrator.errors import (
+    BodyNotJson,
+    InvalidCredentials,
+    PayloadTooLarge,
+    UnsupportedMediaType,
+)
 from vers_orchestrator.ids import new_id
 from vers_orchestrator.services import idempotency
 
@@ -143,6 +148,8 @@ class ApiMiddleware:
         body_parameter = handler.parsed_fn_signature.parameters.get("data")
         if body_parameter is not None:
             _require_json(headers, body_parameter.has_default)
+            if not body_parameter.has_default:
+                _require_body(headers)
         next_app = self._app if scope["method"] == "HEAD" else self._next_app(handler, runtime)
         idempotency_key = headers.get(b"x-idempotency-key")
         if (
@@ -182,6 +189,13 @@ def _require_json(headers: dict[bytes, bytes], body_optional: bool) -> None:
     has_body = headers.get(b"content-length", b"0") != b"0" or b"transfer-encoding" in headers
     if has_body or not body_optional:
         raise UnsupportedMediaType()
+
+
+def _require_body(headers: dict[bytes, bytes]) -> None:
+    """An empty JSON body where the route needs one is JSON that ended before it began,
+    as a body of one space is (msgspec's words for both), not a body of the wrong shape."""
+    if headers.get(b"content-length") == b"0":
+        raise BodyNotJson("input data was truncated")
 
 
 async def _run_idempotently(

@@ -16,7 +16,7 @@ from vers_orchestrator.api.errors import error_response
 from vers_orchestrator.api.openapi import BEARER_AUTH, ContractOperation, authenticated_responses
 from vers_orchestrator.api.runtime import AnyRequest, principal
 from vers_orchestrator.api.vms import ERRORS, TAGS, VM_PATH, VmId, vms
-from vers_orchestrator.errors import CommitNotFound, VersError
+from vers_orchestrator.errors import CommitNotFound, InvalidQuery, VersError
 from vers_orchestrator.schemas.vms import (
     ForkRepositoryRequest,
     ForkRepositoryResponse,
@@ -37,8 +37,9 @@ def _new_vms(created: list[Vm]) -> NewVmsResponse:
 
 
 def _new_vms_error(request: AnyRequest, exc: VersError) -> Response[Any]:
-    # The hosted branch routes answer these two in the common error shape.
-    if exc.status_code == 401 or type(exc) is CommitNotFound:
+    # The hosted branch routes answer these two in the common error shape; so are query
+    # errors, found before the route runs (as Litestar's own checks of `count` are).
+    if exc.status_code == 401 or type(exc) is CommitNotFound or isinstance(exc, InvalidQuery):
         return error_response(exc.status_code, exc.message)
     # The hosted branch routes capitalise this one text.
     message = "Forbidden" if exc.message == "forbidden" else exc.message

@@ -256,7 +256,10 @@ class VmDriver(Protocol):
         ...
 
     async def grow_disk(self, vm_id: str, disk_mib: int) -> VmInfo:
-        """Grow the disk and the root file system on it; it never shrinks."""
+        """Grow the disk and the root file system on it; it never shrinks.
+
+        `GuestAgentError` means the disk has grown (it is `disk_mib` from now on) but the
+        guest did not grow its file system; any other error, that the disk is unchanged."""
         ...
 
     async def ssh_endpoint(self, vm_id: str) -> SshEndpoint: ...

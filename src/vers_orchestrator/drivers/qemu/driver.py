@@ -29,6 +29,7 @@ from vers_orchestrator.drivers.base import (
     ExecRequest,
     ExecResult,
     FileReader,
+    GuestAgentError,
     InvalidRequest,
     Inventory,
     OutputSink,
@@ -114,7 +115,7 @@ class QemuDriver:
             image = await asyncio.shield(self._default_image())
             if spec.disk_mib < image.rootfs_mib:
                 raise InvalidRequest(
-                    f"disk_mib must be at least {image.rootfs_mib} (the image's file system)"
+                    f"the disk must be at least {image.rootfs_mib} MiB (the image's file system)"
                 )
             initrd = await asyncio.to_thread(boot_initrd, image, host.layout.boot)
             record = self._new_root_record(vm_id, spec, image, initrd)
@@ -211,7 +212,7 @@ class QemuDriver:
             record = host.load_vm(vm_id)
             if disk_mib <= record.spec.disk_mib:
                 raise InvalidRequest(
-                    f"disk_mib must be larger than the current {record.spec.disk_mib}"
+                    f"the disk must grow past its current {record.spec.disk_mib} MiB"
                 )
             # The file system is grown from inside, so the guest must be running.
             await host.require_running(vm_id)
@@ -221,7 +222,11 @@ class QemuDriver:
             host.save_vm(record)
             resized = await self._guests.exec(vm_id, ExecRequest(argv=("resize2fs", "/dev/vda")))
             if resized.exit_code != 0:
-                raise DriverError(f"resize2fs failed: {resized.stderr.decode(errors='replace')}")
+                raise GuestAgentError(
+                    f"the disk is now {disk_mib} MiB, but growing its file system failed"
+                    f" (resize2fs exited {resized.exit_code}):"
+                    f" {resized.stderr.decode(errors='replace').strip()}"
+                )
             return host.info(record, VmState.RUNNING)
 
     async def ssh_endpoint(self, vm_id: str) -> SshEndpoint:

@@ -219,6 +219,9 @@ class VmHost:
         - in the runtime directory: commit helpers (`.helper-*`, their QEMU stopped) and
           the folders of VMs that have no record or whose QEMU is gone (a dead VM's RAM
           file would hold tmpfs memory for nothing);
+        - a VM left stopped by a commit's migration (QEMU's `postmigrate`: its disks are
+          handed over and the next commit could not migrate it) is made an ordinary paused
+          VM again; the caller decides whether it runs;
         then the disk layers and boot files only those listed.
         """
         removed: list[str] = []
@@ -240,8 +243,29 @@ class VmHost:
                 continue
             await asyncio.to_thread(shutil.rmtree, runtime, True)
             removed.append(f"runtime folder {name}")
+        for record_path in layout.vms.glob("*/vm.json"):
+            vm_id = record_path.parent.name
+            if self.pid(vm_id) is not None and await self._take_back_from_migration(vm_id):
+                removed.append(f"the migration state of VM {vm_id}")
         await self.collect_files()
         return removed
+
+    async def _take_back_from_migration(self, vm_id: str) -> bool:
+        async with await self.qmp(vm_id) as qmp:
+            status = await qmp.execute("query-status")
+            if status["status"] not in ("postmigrate", "finish-migrate"):
+                return False
+            await qmp.execute("migrate_cancel")  # a no-op once the migration has ended
+            deadline = asyncio.get_running_loop().time() + 30
+            while (await qmp.execute("query-status"))["status"] == "finish-migrate":
+                if asyncio.get_running_loop().time() > deadline:
+                    raise DriverError(f"VM {vm_id} stays in finish-migrate")
+                await asyncio.sleep(0.05)
+            # As a commit ends (`snapshots._settle`): `cont` takes the disks back.
+            await qmp.execute("cont")
+            await qmp.execute("stop")
+        self._states[vm_id] = VmState.PAUSED
+        return True
 
     def console_tail(self, vm_id: str) -> str:
         try:

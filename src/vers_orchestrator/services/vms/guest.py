@@ -112,8 +112,13 @@ class Guest:
         limit = self._context.settings.max_file_bytes
         if len(command.stdin) > limit:
             raise PayloadTooLarge(f"stdin is {len(command.stdin)} bytes; at most {limit}")
-        for part in (*command.argv, *env.keys(), *env.values(), command.working_dir or ""):
-            validate_text("command", part, 1 << 20)
+        for field, parts in (
+            ("command", command.argv),
+            ("env", (*env.keys(), *env.values())),
+            ("working_dir", (command.working_dir or "",)),
+        ):
+            for part in parts:
+                validate_text(field, part, 1 << 20)
         for name in env:
             if not name or "=" in name:
                 raise BadRequest(f"invalid environment variable name: {name!r}")
@@ -246,7 +251,7 @@ class Guest:
         if stream is not None and stream not in ("stdout", "stderr"):
             raise InvalidQuery("stream must be stdout or stderr")
         limit = DEFAULT_LOG_ENTRIES if max_entries is None else max_entries
-        limit = min(max(limit, 1), MAX_LOG_ENTRIES)
+        limit = min(max(limit, 0), MAX_LOG_ENTRIES)
         vm = await self._context.find(principal, vm_id, wait_boot=False)
         log = self._context.exec_logs.of(vm.vm_id)
         return log.entries(max(offset or 0, 0), limit, stream)

@@ -253,6 +253,8 @@ class Lifecycle:
         await context.admit_disk_growth(principal, vm, disk_mib)
         try:
             await context.driver.grow_disk(vm.vm_id, disk_mib)
+        except driver_api.GuestAgentError:
+            raise  # the disk did grow (only the guest's file system did not): size stays
         except BaseException:
             await context.db.write(lambda tx: vm_store.set_disk(tx, vm.vm_id, vm.disk_mib))
             raise

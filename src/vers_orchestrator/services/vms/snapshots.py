@@ -19,6 +19,7 @@ from vers_orchestrator.errors import (
     CommitNotFound,
     InvalidQuery,
     InvalidRef,
+    NotFound,
     ParentVmNotFound,
     ProvidedCommitNotFound,
     TagNotFound,
@@ -115,8 +116,17 @@ class Snapshots:
         with contextlib.suppress(driver_api.CommitNotFound):
             await self._context.driver.delete_commit(commits.canonical_id(commit_id))
 
-    async def restore(self, principal: Principal, commit: Commit, count: int) -> list[Vm]:
-        """`count` new running VMs of the caller, each continuing where `commit` was."""
+    async def restore(
+        self,
+        principal: Principal,
+        commit: Commit,
+        count: int,
+        missing: type[NotFound] = ProvidedCommitNotFound,
+    ) -> list[Vm]:
+        """`count` new running VMs of the caller, each continuing where `commit` was.
+
+        `missing` is the caller's answer for a commit that is not there: raised when the
+        commit is deleted between the caller's lookup and the VMs' admission."""
         if count == 0:
             return []
         source_vm_id = commit.parent_vm_id
@@ -131,7 +141,10 @@ class Snapshots:
             )
             for _ in range(count)
         ]
-        await self._context.admit(principal, new, record=True)
+        try:
+            await self._context.admit(principal, new, record=True)
+        except ProvidedCommitNotFound:
+            raise missing() from None
         ids = [vm.vm_id for vm in new]
         try:
             async with self._context.driver_call(ids[0], "start the VM"):
@@ -180,7 +193,7 @@ class Snapshots:
                 await self._context.db.read(lambda tx: self._ref_tag(tx, principal, ref)),
                 CommitNotFound,
             )
-        [vm] = await self.restore(principal, commit, 1)
+        [vm] = await self.restore(principal, commit, 1, CommitNotFound)
         return vm
 
     async def _commit_of_tag(
@@ -261,7 +274,7 @@ class Snapshots:
         if commit is None or not visible_to(commit, principal):
             # The hosted service's own text and shape here (api/vm_snapshots.py).
             raise CommitNotFound()
-        return await self.restore(principal, commit, how_many)
+        return await self.restore(principal, commit, how_many, CommitNotFound)
 
     async def branch_by_tag(
         self, principal: Principal, tag_name: str, count: int | None
@@ -302,4 +315,4 @@ class Snapshots:
         commit = await self._context.db.read(lambda tx: commit_store.get(tx, canonical))
         if commit is None or not visible_to(commit, principal):
             raise VmOrCommitNotFound()
-        return await self.restore(principal, commit, how_many)
+        return await self.restore(principal, commit, how_many, VmOrCommitNotFound)
