@@ -176,11 +176,10 @@ class Authenticator:
 
     async def authenticate(self, authorization: str | None) -> Principal:
         """The principal of an `Authorization: Bearer <key>` value; surrounding spaces and
-        tabs are not part of it (RFC 9110 §5.5), and the scheme's case does not matter
-        (§11.1). Raises MissingCredentials or InvalidCredentials (401)."""
+        tabs are not part of it (RFC 9110 §5.5). Raises MissingCredentials or
+        InvalidCredentials (401)."""
         authorization = (authorization or "").strip(" \t")
-        prefix = authorization[: len(auth.BEARER_PREFIX)]
-        if prefix != auth.BEARER_PREFIX and prefix.lower() != auth.BEARER_PREFIX.lower():
+        if not authorization or not authorization.startswith(auth.BEARER_PREFIX):
             raise MissingCredentials()
         token = authorization[len(auth.BEARER_PREFIX) :]
         if not token:
