@@ -5,6 +5,9 @@ when used, floats). Every request creates a repository with a name no other requ
 Prints a Markdown table: requests/s, p50 and p99 latency, and non-2xx/socket errors.
 
     .venv/bin/python bench/bench_create.py [--duration 10] [--connections 32 128]
+
+`--baseline-src DIR` adds `base-*` targets: the same server run from another version's
+`src` (e.g. a `git worktree` of the previous commit), to compare in the same run.
 """
 
 from __future__ import annotations
@@ -32,7 +35,19 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 LUA = ROOT / "bench" / "create_repository.lua"
-TARGETS = ("floor-sqlite", "api-sqlite", "floor-postgresql", "api-postgresql")
+# Built once before the rounds: a server without an image builds one in the background at
+# start-up, and that build would be measured along with the requests.
+IMAGES_DIR = ROOT / "build" / "images"
+TARGETS = (
+    "floor-sqlite",
+    "api-sqlite",
+    "base-sqlite",
+    "floor-postgresql",
+    "api-postgresql",
+    "base-postgresql",
+)
+# The `src` folder the base-* targets import the package from (`--baseline-src`).
+baseline_src: Path | None = None
 
 
 @dataclass
@@ -97,7 +112,11 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path) -> None:
 def start_target(target: str, workdir: Path, port: int) -> tuple[subprocess.Popen[bytes], str]:
     """Start one server; return it and the API key to send."""
     kind, database = target.split("-")
-    env = {**os.environ, "VERS_ORCHESTRATOR_DATA_DIR": str(workdir / "data")}
+    env = {
+        **os.environ,
+        "VERS_ORCHESTRATOR_DATA_DIR": str(workdir / "data"),
+        "VERS_ORCHESTRATOR_IMAGES_DIR": str(IMAGES_DIR),
+    }
     url = (
         fresh_postgres_database(postgres_url())
         if database == "postgresql"
@@ -124,6 +143,11 @@ def start_target(target: str, workdir: Path, port: int) -> tuple[subprocess.Pope
     else:
         if database == "postgresql":
             env["VERS_ORCHESTRATOR_DATABASE_URL"] = url
+        if kind == "base":
+            if baseline_src is None:
+                raise SystemExit("base-* targets need --baseline-src")
+            # Ahead of the editable install on sys.path: this run imports that version.
+            env["PYTHONPATH"] = str(baseline_src)
         created = subprocess.run(
             [
                 str(BIN / "vers-orchestrator"),
@@ -219,12 +243,25 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, nargs="+", default=[32, 128])
-    parser.add_argument("--targets", nargs="+", choices=TARGETS, default=list(TARGETS))
+    parser.add_argument("--targets", nargs="+", choices=TARGETS)
+    parser.add_argument(
+        "--baseline-src", type=Path, help="another version's src folder, for the base-* targets"
+    )
     parser.add_argument(
         "--repeat", type=int, default=3, help="rounds over all targets; medians are reported"
     )
     args = parser.parse_args()
+    global baseline_src
+    baseline_src = args.baseline_src
+    if args.targets is None:
+        args.targets = [t for t in TARGETS if baseline_src is not None or not t.startswith("base")]
     runs: dict[tuple[str, int], list[Result]] = {}
+    subprocess.run(
+        [str(BIN / "vers-orchestrator"), "images", "build-default", "--if-missing"],
+        env={**os.environ, "VERS_ORCHESTRATOR_IMAGES_DIR": str(IMAGES_DIR)},
+        stdout=subprocess.DEVNULL,
+        check=True,
+    )
     with (
         tempfile.TemporaryDirectory(prefix="vers-bench-") as scratch,
         contextlib.ExitStack() as cleanup,

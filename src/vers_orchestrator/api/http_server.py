@@ -52,6 +52,10 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, head_limits: HeadLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._limits = head_limits
+        # Loop time by which the awaited head must be whole; None while none is awaited.
+        # Per request only this moves: the timer is one per connection, re-armed when it
+        # fires (arming and cancelling one per request cost ~2 µs of ~85; bench/README.md).
+        self._head_deadline: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         # From a head's first byte to its end (the parser's message-begin to headers-complete).
         self._head_open = False
@@ -69,7 +73,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm_head_timer()
+        self._await_head()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_head_timer()
@@ -106,16 +110,20 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._head_buffered = 0
 
     def on_url(self, url: bytes) -> None:
-        self._count(len(url))
+        self._head_fields += len(url)
+        if self._head_fields > self._limits.max_bytes:
+            self._head_too_large()
         super().on_url(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._count(len(name) + len(value) + 4)  # ": " and CRLF
+        self._head_fields += len(name) + len(value) + 4  # ": " and CRLF
+        if self._head_fields > self._limits.max_bytes:
+            self._head_too_large()
         super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._head_open = False
-        self._disarm_head_timer()
+        self._head_deadline = None
         super().on_headers_complete()
 
     def on_message_complete(self) -> None:
@@ -135,31 +143,37 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         # keep-alive timer (for idle connections) must not cut that one off silently.
         if self._head_open:
             self._unset_keepalive_if_required()
-        self._arm_head_timer()
+        self._await_head()
 
     # Bounds
 
-    def _count(self, size: int) -> None:
-        self._head_fields += size
-        if self._head_fields > self._limits.max_bytes:
-            self._refusal = self._too_large()
-            raise _HeadRefused()
+    def _head_too_large(self) -> None:
+        self._refusal = self._too_large()
+        raise _HeadRefused()
 
     def _too_large(self) -> tuple[int, str]:
         return 431, f"request header fields are too large (limit {self._limits.max_bytes} bytes)"
 
-    def _arm_head_timer(self) -> None:
-        self._disarm_head_timer()
-        self._head_timer = self.loop.call_later(self._limits.timeout_seconds, self._head_timed_out)
+    def _await_head(self) -> None:
+        timeout = self._limits.timeout_seconds
+        self._head_deadline = self.loop.time() + timeout
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(timeout, self._head_check)
 
     def _disarm_head_timer(self) -> None:
+        self._head_deadline = None
         if self._head_timer is not None:
             self._head_timer.cancel()
             self._head_timer = None
 
-    def _head_timed_out(self) -> None:
+    def _head_check(self) -> None:
         self._head_timer = None
-        if self.transport.is_closing():
+        deadline = self._head_deadline
+        if deadline is None or self.transport.is_closing():
+            return  # no head awaited now: the next wait arms the timer again
+        remaining = deadline - self.loop.time()
+        if remaining > 0:
+            self._head_timer = self.loop.call_later(remaining, self._head_check)
             return
         if self._head_open:
             self._refuse(
