@@ -19,9 +19,9 @@ $(VENV)/.installed: pyproject.toml scripts/install-system-packages.sh
 # The guest image is built before serving (about a minute, once), so the first VM does
 # not wait for it inside a request.
 run: install
-	$(BIN)/vers-orchestrator images build-default --if-missing
-	@echo "Create an API key in another shell with:"
-	@echo "  $(BIN)/vers-orchestrator keys create --org my-org --user me"
+	$(BIN)/vers-orchestrator images build-default --if-missing >/dev/null
+	@echo "In another shell, create an API key (README.md, 'A 60-second tour'):"
+	@echo '  export VERS_API_KEY=$$($(BIN)/vers-orchestrator keys create --org acme --user alice --format token)'
 	$(BIN)/vers-orchestrator serve --host $(HOST) --port $(PORT)
 
 # The whole suite, on SQLite and on PostgreSQL (started here if it is not running).

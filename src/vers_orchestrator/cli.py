@@ -127,7 +127,10 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
             log.error("start-up failed", exc_info=app.failure)
             return 1
         raise startup.StartupError(message)
-    log.info("stopped")
+    log.info(
+        "stopped; its VMs keep running (the next start finds them;"
+        " `vers-orchestrator vms stop-all` stops them)"
+    )
     return 0 if server.started else 1
 
 

@@ -82,7 +82,7 @@ def listen(host: str, port: int) -> socket.socket:
         listener.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartupError(
-                f"port {port} on {host} is in use (--port chooses another)"
+                f"port {port} on {host} is in use (--port, or PORT= with make run, chooses another)"
             ) from None
         raise StartupError(f"cannot listen on {host} port {port}: {_reason(exc)}") from None
     return listener

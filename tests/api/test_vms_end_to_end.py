@@ -13,6 +13,7 @@ import base64
 import contextlib
 import json
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -453,6 +454,12 @@ def test_a_commit_cut_by_a_crash_leaves_the_vm_as_asked_and_nothing_behind(
     for folder in planted:
         folder.mkdir()
     (planted[1] / "ram").write_bytes(b"half a commit")
+    for folder in planted[2:]:  # runtime folders are marked with the state dir that made them
+        (folder / "state-dir").write_text(str(state_dir.resolve()))
+    # Another installation's VM sharing the runtime directory: not this server's to remove.
+    foreign = runtime_dir / str(uuid.uuid4())
+    foreign.mkdir()
+    (foreign / "state-dir").write_text("/elsewhere/vm-state")
     story.server.start()
 
     # The state the user last asked for: running, or paused when they said keep_paused.
@@ -463,7 +470,8 @@ def test_a_commit_cut_by_a_crash_leaves_the_vm_as_asked_and_nothing_behind(
     assert _exec(story, story.owner, root, ["echo", "on"])["stdout"] == "on\n"
     # Nothing half-made is left: files, folders and processes are those of live things.
     assert sorted(path.name for path in (state_dir / "vms").iterdir()) == [root]
-    assert sorted(path.name for path in runtime_dir.iterdir()) == [root]
+    assert sorted(path.name for path in runtime_dir.iterdir()) == sorted([root, foreign.name])
+    shutil.rmtree(foreign)
     assert [path.name for path in (state_dir / "commits").glob(".*")] == []
     on_record = set()
     for key in (story.owner, story.other):

@@ -44,7 +44,10 @@ class TestStartupErrors:
             taken.listen()
             port = taken.getsockname()[1]
             result = _serve(tmp_path, "--port", str(port))
-        _assert_one_line(result, f"port {port} on 127.0.0.1 is in use (--port chooses another)")
+        _assert_one_line(
+            result,
+            f"port {port} on 127.0.0.1 is in use (--port, or PORT= with make run, chooses another)",
+        )
 
     def test_data_directory_that_is_a_file(self, tmp_path: Path) -> None:
         # Mode bits stop no one running as root; a file where the directory should be does.

@@ -120,7 +120,7 @@ class QemuDriver:
             initrd = await asyncio.to_thread(boot_initrd, image, host.layout.boot)
             record = self._new_root_record(vm_id, spec, image, initrd)
             host.layout.vm_dir(vm_id).mkdir(parents=True)
-            host.layout.runtime(vm_id).mkdir(parents=True, exist_ok=True)
+            host.layout.make_runtime(host.layout.runtime(vm_id))
             host.save_vm(record)
             try:
                 await run(
@@ -205,6 +205,11 @@ class QemuDriver:
             return await self.status(vm_id)
         except VmNotFound:
             return None
+        except DriverError as exc:
+            # A QEMU we cannot reach (its monitor socket gone) cannot be run or paused: it
+            # counts as dead, so that start-up goes on and a delete still stops it by pid.
+            log.warning("VM %s does not answer its monitor, counted as dead: %s", vm_id, exc)
+            return self._host.info(self._host.load_vm(vm_id), VmState.DEAD)
 
     async def grow_disk(self, vm_id: str, disk_mib: int) -> VmInfo:
         host = self._host

@@ -216,9 +216,10 @@ class VmHost:
         the log. Only safe while no operation runs (at start-up, before serving):
         - `commits/.<id>.partial/`: commits that were being written;
         - `vms/<id>/` without a `vm.json`: VMs that were being made, their QEMU stopped;
-        - in the runtime directory: commit helpers (`.helper-*`, their QEMU stopped) and
-          the folders of VMs that have no record or whose QEMU is gone (a dead VM's RAM
-          file would hold tmpfs memory for nothing);
+        - in the runtime directory, among the folders this state directory made (others
+          may share it): commit helpers (`.helper-*`, their QEMU stopped) and the folders
+          of VMs that have no record or whose QEMU is gone (a dead VM's RAM file would
+          hold tmpfs memory for nothing);
         - a VM left stopped by a commit's migration (QEMU's `postmigrate`: its disks are
           handed over and the next commit could not migrate it) is made an ordinary paused
           VM again; the caller decides whether it runs;
@@ -237,6 +238,8 @@ class VmHost:
                 removed.append(f"unfinished VM {vm_dir.name}")
         for runtime in layout.runtime_dir.iterdir():
             name = runtime.name
+            if not layout.owns_runtime(runtime):
+                continue  # another installation's (the runtime directory may be shared)
             if name.startswith(".helper-"):
                 await stop_process(read_pid(runtime / "qemu.pid", qmp_socket(runtime)))
             elif layout.vm_record(name).exists() and self.pid(name) is not None:

@@ -44,6 +44,8 @@ from typing import Any
 from vers_orchestrator.drivers.base import DriverError, VmSpec
 
 VERS_AGENT = "vers-agent"
+# In each runtime folder: the state directory of the server that made it.
+RUNTIME_OWNER = "state-dir"
 QEMU_GA = "qemu-ga"
 
 
@@ -158,6 +160,20 @@ class Layout:
 
     def runtime(self, vm_id: str) -> Path:
         return self.runtime_dir / vm_id
+
+    def make_runtime(self, folder: Path) -> Path:
+        """Make a runtime folder (a VM's, a commit helper's) marked as this state
+        directory's: several installations may share the runtime directory, and each
+        cleans up only its own folders (`VmHost.remove_leftovers`)."""
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / RUNTIME_OWNER).write_text(str(self.state_dir))
+        return folder
+
+    def owns_runtime(self, folder: Path) -> bool:
+        try:
+            return (folder / RUNTIME_OWNER).read_text() == str(self.state_dir)
+        except OSError:
+            return False
 
     def commit_dir(self, commit_id: str) -> Path:
         return self.commits / commit_id

@@ -157,8 +157,9 @@ class Snapshots:
         self, record: VmRecord, partial: Path, keep_paused: bool
     ) -> tuple[tuple[str, ...], float, bool]:
         host = self._host
-        helper = host.layout.runtime_dir / f".helper-{record.vm_id[:8]}-{time.monotonic_ns()}"
-        helper.mkdir()
+        helper = host.layout.make_runtime(
+            host.layout.runtime_dir / f".helper-{record.vm_id[:8]}-{time.monotonic_ns()}"
+        )
         stream = shlex.quote(str(helper / "stream"))
         try:
             # The VM waits only for its RAM to reach tmpfs; the conversion comes afterwards.
@@ -280,7 +281,7 @@ class Snapshots:
                 guest_agent=commit.guest_agent,
             )
             host.layout.vm_dir(vm_id).mkdir(parents=True)
-            host.layout.runtime(vm_id).mkdir(parents=True, exist_ok=True)
+            host.layout.make_runtime(host.layout.runtime(vm_id))
             host.save_vm(record)
             try:
                 if (commit_dir / "ssh_key").exists():
