@@ -127,6 +127,10 @@ class NotFound(VersError):
     message = "not found"
 
 
+class EnvVarNotFound(NotFound):
+    message = "Environment variable not found"  # capitalised, as the hosted service's
+
+
 class RepositoryNotFound(NotFound):
     message = "repository not found"
 

@@ -1,4 +1,5 @@
-"""The registry's operations in our OpenAPI document, against the upstream contract."""
+"""The registry's operations (and the environment variables') in our OpenAPI document,
+against the upstream contract."""
 
 from __future__ import annotations
 
@@ -36,6 +37,9 @@ OPERATIONS = [
     ("get", "/api/v1/vm/commits/{commit_id}/parents"),
     ("post", "/api/v1/keys/validate"),
     ("get", "/api/v1/system/version"),
+    ("get", "/api/v1/env_vars"),
+    ("put", "/api/v1/env_vars"),
+    ("delete", "/api/v1/env_vars/{key}"),
 ]
 # Where we answer 400 (a malformed commit id or query) and document it; upstream does not.
 EXTRA_400 = {
@@ -125,6 +129,8 @@ def test_list_queries_are_documented_in_the_query_string(
         "VmCommitEntity",
         "ValidateKeyResponse",
         "OrchestratorVersion",
+        "EnvVarsResponse",
+        "SetEnvVarsRequest",
     ],
 )
 def test_schema_matches_upstream(

@@ -550,6 +550,45 @@ class TestDisk:
         assert "\n2026-01-01 00:00:00,000 INFO vers_orchestrator.access forged" not in log
 
 
+class TestEnvironment:
+    def test_new_vms_get_their_makers_variables_over_the_images(self, guest: Guest) -> None:
+        made: list[str] = []
+        try:
+            with guest.client() as client:
+                set_ = client.put(
+                    "/api/v1/env_vars", json={"vars": {"GREETING": "hello world"}, "replace": True}
+                )
+                assert set_.status_code == 200
+                booted = client.post(
+                    "/api/v1/vm/new_root?wait_boot=true", json={"vm_config": ROOT_CONFIG}
+                )
+                assert booted.status_code == 201, booted.text
+                vm_id = booted.json()["vm_id"]
+                made.append(vm_id)
+            show = 'echo "$GREETING|$HOME|$PATH"'
+            seen = guest.shell(show, vm_id).strip().split("|")
+            # The user's variable, beside the defaults (the image's PATH is kept).
+            assert seen[:2] == ["hello world", "/root"]
+            assert "/usr/bin" in seen[2].split(":")
+            # An exec's own env wins; SSH sessions read the same file.
+            overridden = guest.exec(["sh", "-c", show], vm_id, env={"GREETING": "mine"})
+            assert overridden["stdout"].startswith("mine|")
+            assert "GREETING=hello world\n" in guest.shell("cat /etc/environment", vm_id)
+            # A branch gets the variables the user has when it is made.
+            with guest.client() as client:
+                client.put("/api/v1/env_vars", json={"vars": {"GREETING": "later"}})
+            branched = guest.sdk(lambda c: c.branch_vm(vm_id))
+            branch = branched["vms"][0]["vm_id"]
+            made.append(branch)
+            assert guest.shell("echo $GREETING", branch) == "later\n"
+            assert guest.shell("echo $GREETING", vm_id) == "hello world\n"  # running: unchanged
+        finally:
+            with guest.client() as client:
+                client.put("/api/v1/env_vars", json={"vars": {}, "replace": True})
+                for made_id in made:
+                    client.delete(f"/api/v1/vm/{made_id}")
+
+
 class TestIdentity:
     def test_branches_have_the_hosts_time_and_names_and_keys_of_their_own(
         self, guest: Guest

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
     from typing import Any
 
 DEFAULT_ENV = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+# Between DEFAULT_ENV and a request's own env (`environment_file`).
+ENVIRONMENT_FILE = "/etc/environment"
 DEFAULT_CWD = "/root"
 # What the command wrote before it exited but the host had no credit for yet; beyond it
 # (a background process flooding the pipe) the rest is dropped as after-exit output.
@@ -366,7 +368,31 @@ def _parse(
         raise ValueError("cwd must be a path")
     timeout_ms = _optional_count(request, "timeout_ms")
     limit = _optional_count(request, "output_limit")
-    return argv, {**DEFAULT_ENV, **env}, cwd, timeout_ms, limit
+    return argv, {**DEFAULT_ENV, **environment_file(), **env}, cwd, timeout_ms, limit
+
+
+def environment_file(path: str = ENVIRONMENT_FILE) -> dict[str, str]:
+    """The guest's `/etc/environment`, read at every exec (the user's variables are written
+    there when a VM is made; SSH sessions read the same file through pam_env): `KEY=VALUE`
+    lines, `#` comments, an optional `export ` and one pair of quotes around a value."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            text = file.read(1 << 20)
+    except OSError:
+        return {}
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, separator, value = line.removeprefix("export ").partition("=")
+        key = key.strip()
+        if not separator or not key or "\0" in key or "\0" in value:
+            continue
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        found[key] = value
+    return found
 
 
 def _optional_count(request: dict[str, Any], name: str) -> int | None:

@@ -250,3 +250,16 @@ sa.Index(
     sqlite_where=sa.text(_LIVE_VM),
     postgresql_where=sa.text(_LIVE_VM),
 )
+
+# Environment variables of a user, shared by all the user's keys, applied to the VMs they
+# make (`services/env_vars.py`).
+user_env_vars = sa.Table(
+    "user_env_vars",
+    metadata,
+    sa.Column("user_id", Id, sa.ForeignKey("users.user_id", ondelete="CASCADE"), nullable=False),
+    sa.Column("key", Name, nullable=False),
+    sa.Column("value", sa.Text(), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.PrimaryKeyConstraint("user_id", "key"),
+)

@@ -44,6 +44,7 @@ from vers_orchestrator.ids import new_id
 from vers_orchestrator.services.vms.exec_logs import ExecLogs
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import commits as commit_store
+from vers_orchestrator.store import env_vars as env_store
 from vers_orchestrator.store import vms as vm_store
 from vers_orchestrator.store.database import Database, Tx, utc_now
 from vers_orchestrator.store.vms import State, Vm
@@ -52,6 +53,8 @@ log = logging.getLogger("vers_orchestrator.vms")
 T = TypeVar("T")
 
 ALIVE = (State.RUNNING, State.PAUSED)
+# Where a new VM gets its maker's environment variables (`write_environment`).
+ENVIRONMENT_FILE = "/etc/environment"
 
 
 def canonical_vm_id(vm_id: str) -> str:
@@ -168,6 +171,32 @@ class VmContext:
             await self.set_state(vm.vm_id, state)
             vm = replace(vm, state=state)
         return vm
+
+    async def user_environment(self, principal: Principal) -> dict[str, str]:
+        """The variables of the caller's user, which every VM the caller makes gets."""
+        return await self.db.read(lambda tx: env_store.of_user(tx, principal.user_id))
+
+    async def write_environment(self, vm_id: str, variables: dict[str, str]) -> None:
+        """Merge `variables` into the guest's `/etc/environment`: each replaces the line of
+        its key or is added; the rest of the file (the image's `PATH`, say) stays. Exec and
+        SSH sessions read that file (`agent/execs.environment_file`, pam_env). A failure is
+        logged, not raised: the VM runs either way, as on the hosted service."""
+        if not variables:
+            return
+        try:
+            try:
+                current = await self.driver.read_file(vm_id, ENVIRONMENT_FILE, max_bytes=1 << 20)
+            except driver_api.GuestFileNotFound:
+                current = b""
+            lines = current.decode("utf-8", "replace").splitlines()
+            kept = [line for line in lines if line.partition("=")[0].strip() not in variables]
+            added = [f"{key}={variables[key]}" for key in sorted(variables)]
+            text = "".join(f"{line}\n" for line in (*kept, *added))
+            await self.driver.write_file(
+                vm_id, ENVIRONMENT_FILE, text.encode(), mode=0o644, create_dirs=True
+            )
+        except driver_api.DriverError as exc:
+            log.error("the environment variables of VM %s were not written: %s", vm_id, exc)
 
     async def set_state(self, vm_id: str, state: State) -> None:
         now = utc_now()

@@ -160,7 +160,8 @@ class Lifecycle:
         vm = context.intent(principal, None, vcpus, mem_mib, disk_mib, labels)
         await context.admit(principal, [vm], record=True)
         spec = driver_api.VmSpec(mem_mib=mem_mib, vcpus=vcpus, disk_mib=disk_mib)
-        boot = asyncio.ensure_future(self._boot(vm.vm_id, spec))
+        environment = await context.user_environment(principal)
+        boot = asyncio.ensure_future(self._boot(vm.vm_id, spec, environment))
         context.booting[vm.vm_id] = boot
         context.keep(boot)
         boot.add_done_callback(lambda _: context.booting.pop(vm.vm_id, None))
@@ -169,7 +170,7 @@ class Lifecycle:
         await asyncio.shield(boot)
         return replace(vm, state=State.RUNNING)
 
-    async def _boot(self, vm_id: str, spec: driver_api.VmSpec) -> None:
+    async def _boot(self, vm_id: str, spec: driver_api.VmSpec, environment: dict[str, str]) -> None:
         context = self._context
         try:
             async with context.driver_call(vm_id, "boot the VM"):
@@ -177,6 +178,8 @@ class Lifecycle:
         except BaseException:
             await context.set_state(vm_id, State.FAILED)
             raise
+        # Before the VM counts as running: its first exec sees the variables.
+        await context.write_environment(vm_id, environment)
         await context.set_state(vm_id, State.RUNNING)
 
     async def list_vms(self, principal: Principal) -> list[Vm]:

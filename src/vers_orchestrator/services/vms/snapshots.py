@@ -9,6 +9,7 @@ caller's organization, or `org/repo:tag` of another organization's public reposi
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import replace
 
@@ -155,6 +156,10 @@ class Snapshots:
             for vm_id in ids:
                 await self._context.set_state(vm_id, State.FAILED)
             raise
+        environment = await self._context.user_environment(principal)
+        await asyncio.gather(
+            *(self._context.write_environment(info.vm_id, environment) for info in infos)
+        )
         for info in infos:
             await self._context.set_state(info.vm_id, State.RUNNING)
         return [replace(vm, state=State.RUNNING) for vm in new]
