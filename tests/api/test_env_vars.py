@@ -3,6 +3,7 @@ PostgreSQL. What a VM sees of them is in `test_vm_guest.py`."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -100,6 +101,14 @@ class TestValidation:
             ({"vars": {"A": "é" * 4097}}, "value for key 'A' exceeds 8192 character limit"),
             ({"vars": {"A": "one\ntwo"}}, "value for key 'A' must not contain a newline"),
             ({"vars": {"A": "one\rtwo"}}, "value for key 'A' must not contain a newline"),
+            # Every line boundary a reader of /etc/environment might split on.
+            *(
+                (
+                    {"vars": {"A": f"a{brk}INJECTED=1"}},
+                    "value for key 'A' must not contain a newline",
+                )
+                for brk in ("\x0b", "\x0c", "\x1c", "\x1d", "\x1e", "\x85", "\u2028", "\u2029")
+            ),
             ({"vars": {"A": "a\u0000b"}}, "value for key 'A' must not contain a NUL character"),
             # Entries are checked in key order: the same one is reported every time.
             ({"vars": {"Z-": "v", "1A": "v"}}, "key '1A' is not a valid shell identifier"),
@@ -112,6 +121,13 @@ class TestValidation:
         response = put(server, user, body)
         assert (response.status_code, response.json()) == (400, error(message))
         assert listed(server, user) == {"vars": {"KEPT": "1"}}
+
+    def test_the_largest_legal_request_fits(self, server: Server, user: Key) -> None:
+        # 100 values of 8192 bytes, each twice as long once escaped in JSON.
+        body = {"vars": {f"K{n}": '"' * 8192 for n in range(100)}}
+        response = put(server, user, body)
+        assert response.status_code == 200
+        assert len(response.json()["vars"]) == 100
 
     def test_at_most_256_per_user(self, server: Server, user: Key) -> None:
         for start in range(0, 250, 50):
@@ -133,6 +149,48 @@ class TestValidation:
             assert response.json()["error"].startswith("Failed to deserialize the JSON body")
 
 
+class TestConcurrentWrites:
+    """Two keys of one user writing at once: one after the other, never both half-seen."""
+
+    def test_the_per_user_limit_holds(self, server: Server, backend: Backend) -> None:
+        first, second = self._two_keys_of_one_user(backend)
+        for start in (0, 100):
+            body = {"vars": {f"V{n}": "v" for n in range(start, start + 100)}}
+            assert put(server, first, body).status_code == 200
+        batches = [{"vars": {f"{who}{n}": "v" for n in range(30)}} for who in ("A", "B")]
+        statuses = self._at_once(server, [(first, batches[0]), (second, batches[1])])
+        assert sorted(statuses) == [200, 400]
+        assert len(listed(server, first)["vars"]) == 230
+
+    def test_replaces_replace(self, server: Server, backend: Backend) -> None:
+        first, second = self._two_keys_of_one_user(backend)
+        sets = [{f"{who}{n}": "v" for n in range(50)} for who in ("A", "B")]
+        bodies = [{"vars": one, "replace": True} for one in sets]
+        assert self._at_once(server, [(first, bodies[0]), (second, bodies[1])]) == [200, 200]
+        assert listed(server, first)["vars"] in sets
+
+    @staticmethod
+    def _two_keys_of_one_user(backend: Backend) -> tuple[Key, Key]:
+        org, user_name = unique_name("org"), unique_name("user")
+        return make_key(backend, org=org, user=user_name), make_key(
+            backend, org=org, user=user_name
+        )
+
+    @staticmethod
+    def _at_once(server: Server, requests: list[tuple[Key, Any]]) -> list[int]:
+        async def run() -> list[int]:
+            async with httpx.AsyncClient(base_url=server.base_url, timeout=30) as client:
+                answers = await asyncio.gather(
+                    *(
+                        client.put(PATH, json=body, headers={"Authorization": f"Bearer {k.token}"})
+                        for k, body in requests
+                    )
+                )
+            return [answer.status_code for answer in answers]
+
+        return asyncio.run(run())
+
+
 class TestDelete:
     def test_deletes_one_key_exactly(self, server: Server, user: Key) -> None:
         put(server, user, {"vars": {"A": "1", "a": "2"}})
@@ -145,6 +203,15 @@ class TestDelete:
                 error("Environment variable not found"),
             )
         assert listed(server, user) == {"vars": {"a": "2"}}
+
+    @pytest.mark.parametrize("key", ["%00", "1A", "A-B", "K" * 300])
+    def test_a_key_that_cannot_exist_is_404(self, server: Server, user: Key, key: str) -> None:
+        with server.client(user.token) as client:
+            response = client.delete(f"{PATH}/{key}")
+        assert (response.status_code, response.json()) == (
+            404,
+            error("Environment variable not found"),
+        )
 
     def test_needs_a_key(self, server: Server) -> None:
         with server.client() as client:

@@ -381,12 +381,12 @@ def environment_file(path: str = ENVIRONMENT_FILE) -> dict[str, str]:
     except OSError:
         return {}
     found: dict[str, str] = {}
-    for line in text.splitlines():
-        line = line.strip()
+    for raw in text.split("\n"):  # only "\n" ends a line, as for pam_env
+        line = raw.removesuffix("\r").lstrip()
         if not line or line.startswith("#"):
             continue
         key, separator, value = line.removeprefix("export ").partition("=")
-        key = key.strip()
+        key = key.strip()  # the value is kept as written, trailing spaces included
         if not separator or not key or "\0" in key or "\0" in value:
             continue
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":

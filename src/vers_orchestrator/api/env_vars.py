@@ -27,6 +27,8 @@ async def list_env_vars(request: AnyRequest) -> EnvVarsResponse:
 
 @put(
     "/api/v1/env_vars",
+    # 100 values of 8192 bytes are legal, and JSON escaping may make each six times larger.
+    request_max_body_size=8 * 1024 * 1024,
     operation_id="set_env_vars",
     operation_class=ContractOperation,
     tags=TAGS,

@@ -21,6 +21,9 @@ MAX_PER_USER = 256
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 8192
 _SHELL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+# What ends a line for someone reading /etc/environment: "\n" for pam_env and the agent,
+# and every other line boundary of Python's `str.splitlines`, to be safe with any reader.
+_LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 
 
 async def of_user(db: Database, principal: Principal) -> dict[str, str]:
@@ -46,7 +49,7 @@ def check(variables: dict[str, str], replace: bool) -> None:
             raise InvalidField(f"key '{key}' is not a valid shell identifier")
         if len(value.encode()) > MAX_VALUE_BYTES:
             raise InvalidField(f"value for key '{key}' exceeds {MAX_VALUE_BYTES} character limit")
-        if "\n" in value or "\r" in value:
+        if not _LINE_BREAKS.isdisjoint(value):
             raise InvalidField(f"value for key '{key}' must not contain a newline")
         if "\0" in value:
             raise InvalidField(f"value for key '{key}' must not contain a NUL character")
@@ -61,6 +64,7 @@ async def set_vars(
     user_id = principal.user_id
 
     async def unit(tx: Tx) -> dict[str, str]:
+        await env_store.lock_user(tx, user_id)
         if replace:
             await env_store.delete_all(tx, user_id)
         else:
@@ -80,5 +84,7 @@ async def set_vars(
 
 async def delete(db: Database, principal: Principal, key: str) -> None:
     """Raises `EnvVarNotFound` (404) when the user has no variable `key` (exact case)."""
+    if len(key.encode()) > MAX_KEY_BYTES or not _SHELL_IDENTIFIER.fullmatch(key):
+        raise EnvVarNotFound()  # no such key can have been stored (nor sent to SQL: a NUL)
     if not await db.write(lambda tx: env_store.delete(tx, principal.user_id, key)):
         raise EnvVarNotFound()

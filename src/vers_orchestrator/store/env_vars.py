@@ -7,6 +7,13 @@ from datetime import datetime
 from vers_orchestrator.store.database import Tx
 
 
+async def lock_user(tx: Tx, user_id: str) -> None:
+    """Hold the user's row until the transaction ends: two writes of one user's variables
+    (from two of its keys) run one after the other, each seeing the other's rows. An
+    update that changes nothing takes PostgreSQL's row lock; SQLite writes one at a time."""
+    await tx.execute("UPDATE users SET user_name = user_name WHERE user_id = $1", user_id)
+
+
 async def of_user(tx: Tx, user_id: str) -> dict[str, str]:
     """The user's variables, by key in byte order."""
     rows = await tx.fetch_all(

@@ -188,7 +188,9 @@ class VmContext:
                 current = await self.driver.read_file(vm_id, ENVIRONMENT_FILE, max_bytes=1 << 20)
             except driver_api.GuestFileNotFound:
                 current = b""
-            lines = current.decode("utf-8", "replace").splitlines()
+            lines = current.decode("utf-8", "replace").split("\n")
+            if lines and not lines[-1]:
+                lines.pop()  # the file's last newline
             kept = [line for line in lines if line.partition("=")[0].strip() not in variables]
             added = [f"{key}={variables[key]}" for key in sorted(variables)]
             text = "".join(f"{line}\n" for line in (*kept, *added))
