@@ -250,7 +250,7 @@ class VmOperationFailed(InternalError):
     """The hypervisor failed; the details are in the server's log, not in the response."""
 
 
-# 503
+# 502
 class BadGateway(VersError):
     status_code = 502
 
@@ -262,6 +262,7 @@ class GuestUnavailable(BadGateway):
         super().__init__(f"the VM's agent is not answering: {reason}")
 
 
+# 503
 class DatabaseUnavailable(VersError):
     status_code = 503
     message = "database unavailable"

@@ -18,6 +18,13 @@ RawSend = Callable[[Message], Awaitable[None]]
 RawApp = Callable[[Any, RawReceive, RawSend], Awaitable[None]]
 
 
+def declared_length(headers: dict[bytes, bytes]) -> int | None:
+    """The body size `Content-Length` announces, or None when there is none. (An invalid
+    one never reaches the app: the HTTP parser answers 400.)"""
+    declared = headers.get(b"content-length")
+    return int(declared) if declared is not None and declared.isdigit() else None
+
+
 async def read_body(receive: RawReceive, limit: int) -> bytes:
     """The whole request body; `PayloadTooLarge` (413) past `limit` bytes (0: no limit),
     `BodyIncomplete` (400) when the connection ends first."""

@@ -47,7 +47,8 @@ class _HeadRefused(Exception):
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
-    """`HttpToolsProtocol` with a head timeout, a head size limit and JSON parse errors."""
+    """`HttpToolsProtocol` with the bounds of the module's docstring: head timeout, head
+    size limit, body idle timeout, JSON replies for what the parser rejects."""
 
     def __init__(self, *args: Any, head_limits: HeadLimits, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -17,7 +17,15 @@ from datetime import timedelta
 from typing import Any
 
 from vers_orchestrator.api.access_log import AccessLog
-from vers_orchestrator.api.asgi import Message, RawApp, RawReceive, RawSend, read_body, replay
+from vers_orchestrator.api.asgi import (
+    Message,
+    RawApp,
+    RawReceive,
+    RawSend,
+    declared_length,
+    read_body,
+    replay,
+)
 from vers_orchestrator.api.direct import direct_call
 from vers_orchestrator.api.errors import error_body
 from vers_orchestrator.api.paths import routing_path
@@ -174,9 +182,9 @@ class ApiMiddleware:
 def _check_declared_length(headers: dict[bytes, bytes], limit: int) -> None:
     """413 from the header alone when the body declares more than `limit` bytes: a client
     announcing a terabyte is told so now, not after the server waits for bytes it would
-    refuse anyway. (An invalid Content-Length never gets here: the HTTP parser answers 400.)"""
-    declared = headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    refuse anyway."""
+    declared = declared_length(headers)
+    if declared is not None and declared > limit:
         raise PayloadTooLarge()
 
 

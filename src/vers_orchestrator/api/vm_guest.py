@@ -20,7 +20,7 @@ from litestar import get, post, put
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from vers_orchestrator.api.asgi import Message, RawReceive, RawSend
+from vers_orchestrator.api.asgi import Message, RawReceive, RawSend, declared_length
 from vers_orchestrator.api.middleware import RAW, STREAMING
 from vers_orchestrator.api.openapi import (
     BEARER_AUTH,
@@ -31,7 +31,7 @@ from vers_orchestrator.api.openapi import (
     authenticated_responses,
 )
 from vers_orchestrator.api.responses import json_reply
-from vers_orchestrator.api.runtime import RUNTIME_KEY, AnyRequest, Runtime, principal
+from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, AnyRequest, Runtime, principal
 from vers_orchestrator.api.vms import ERRORS, TAGS, VM_PATH, VmId, vms
 from vers_orchestrator.auth import Principal
 from vers_orchestrator.errors import BadRequest, InvalidQuery
@@ -200,8 +200,8 @@ class RawFileRoute:
         if self._upload:
             mode = _octal_mode(query.get("mode", [None])[-1])
             create_dirs = _flag(query.get("create_dirs", ["false"])[-1])
+            headers = scope[CONTEXT_KEY].headers
             try:
-                declared = dict(scope["headers"]).get(b"content-length", b"")
                 await guest.upload(
                     caller,
                     vm_id,
@@ -209,7 +209,7 @@ class RawFileRoute:
                     _request_body(receive),
                     mode,
                     create_dirs,
-                    int(declared) if declared.isdigit() else None,
+                    declared_length(headers),
                 )
             except ClientGone:
                 return  # the guest has dropped the partial file; nobody is left to tell
