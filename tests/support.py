@@ -253,3 +253,29 @@ def qemu_processes(marker: str) -> list[int]:
 
 def error(message: str) -> dict[str, Any]:
     return {"success": False, "error": message}
+
+
+async def creates_racing_deletes(
+    server: Server,
+    key: Key,
+    rounds: list[tuple[str, Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]]],
+    creates_per_round: int = 40,
+) -> list[httpx.Response]:
+    """Per round `(delete_path, create)`: `creates_per_round` calls of `create` at once,
+    with a DELETE of `delete_path` sent among them halfway through (it must answer 204).
+    Returns the creates' answers, all rounds together."""
+    headers = {"Authorization": f"Bearer {key.token}"}
+    limits = httpx.Limits(max_connections=creates_per_round + 1)
+    async with httpx.AsyncClient(
+        base_url=server.base_url, headers=headers, timeout=30, limits=limits
+    ) as client:
+        answers: list[httpx.Response] = []
+        for delete_path, create in rounds:
+            creates = [create(client) for _ in range(creates_per_round)]
+            half = creates_per_round // 2
+            responses = await asyncio.gather(
+                *creates[:half], client.delete(delete_path), *creates[half:]
+            )
+            assert responses.pop(half).status_code == 204
+            answers += responses
+    return answers

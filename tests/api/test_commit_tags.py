@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -11,7 +12,16 @@ from vers_sdk import ConflictError, NotFoundError
 
 from tests.factories import make_commit
 from tests.shapes import TIMESTAMP, UUID4
-from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
+from tests.support import (
+    Backend,
+    Key,
+    Server,
+    creates_racing_deletes,
+    error,
+    make_key,
+    sdk_call,
+    unique_name,
+)
 
 PATH = "/api/v1/commit_tags"
 TAG_KEYS = {"tag_id", "tag_name", "commit_id", "description", "created_at", "updated_at"}
@@ -41,31 +51,19 @@ def tagged(server: Server, backend: Backend, key: Key) -> tuple[str, str]:
 
 
 ROUNDS = 8
-CREATES_PER_ROUND = 40
 
 
-async def race_creates_with_delete(
+def race_creates_with_delete(
     server: Server, key: Key, commit_ids: list[str]
 ) -> list[httpx.Response]:
     """Per commit, a stream of tag creates with its DELETE sent halfway through."""
-    headers = {"Authorization": f"Bearer {key.token}"}
-    limits = httpx.Limits(max_connections=CREATES_PER_ROUND + 1)
-    async with httpx.AsyncClient(
-        base_url=server.base_url, headers=headers, timeout=30, limits=limits
-    ) as client:
-        answers: list[httpx.Response] = []
-        for commit_id in commit_ids:
-            creates = [
-                client.post(PATH, json={"tag_name": unique_name("tag"), "commit_id": commit_id})
-                for _ in range(CREATES_PER_ROUND)
-            ]
-            half = CREATES_PER_ROUND // 2
-            responses = await asyncio.gather(
-                *creates[:half], client.delete(f"/api/v1/commits/{commit_id}"), *creates[half:]
-            )
-            assert responses.pop(half).status_code == 204
-            answers += responses
-    return answers
+
+    def creating(commit_id: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+        body = {"commit_id": commit_id}
+        return lambda client: client.post(PATH, json={"tag_name": unique_name("tag"), **body})
+
+    rounds = [(f"/api/v1/commits/{commit_id}", creating(commit_id)) for commit_id in commit_ids]
+    return asyncio.run(creates_racing_deletes(server, key, rounds))
 
 
 class TestCreateTag:
@@ -154,7 +152,7 @@ class TestCreateTagRacingCommitDelete:
         # comes first (its tag stays, pointing at the deleted commit) or is 404.
         owner = make_key(backend)
         commits = [make_commit(backend, owner).commit_id for _ in range(ROUNDS)]
-        answers = asyncio.run(race_creates_with_delete(server, owner, commits))
+        answers = race_creates_with_delete(server, owner, commits)
         for response in answers:
             if response.status_code != 201:
                 assert (response.status_code, response.json()) == (

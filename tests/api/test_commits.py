@@ -17,7 +17,7 @@ import httpx
 import pytest
 from vers_sdk import AuthenticationError, NotFoundError, PermissionDeniedError
 
-from tests.factories import make_commit, make_commits
+from tests.factories import make_commit, make_commits, vm_row
 from tests.shapes import COMMIT_TIMESTAMP, TIMESTAMP
 from tests.support import Backend, Key, Server, error, make_key, sdk_call
 from vers_orchestrator.settings import Settings
@@ -25,8 +25,8 @@ from vers_orchestrator.store import commits as commit_store
 from vers_orchestrator.store import vms as vm_store
 from vers_orchestrator.store.commits import Commit
 from vers_orchestrator.store.connect import open_database
-from vers_orchestrator.store.database import Tx, utc_now
-from vers_orchestrator.store.vms import State, Vm
+from vers_orchestrator.store.database import Tx
+from vers_orchestrator.store.vms import State
 
 PATH = "/api/v1/commits"
 COMMIT_KEYS = {
@@ -469,21 +469,7 @@ class TestDeleteRacingAVmBeingMade:
         db = await open_database(settings)
         watcher = await asyncpg.connect(settings.effective_database_url)
         recorded, release = asyncio.Event(), asyncio.Event()
-        vm = Vm(
-            vm_id=str(uuid.uuid4()),
-            org_id=key.org_id,
-            owner_id=key.api_key_id,
-            parent_commit_id=commit.commit_id,
-            state=State.CREATING,
-            vcpus=1,
-            mem_mib=256,
-            disk_mib=1024,
-            labels={},
-            ssh_port=None,
-            created_at=utc_now(),
-            deleted_at=None,
-            node="another-host:/var/lib/vers/vm-state",
-        )
+        vm = vm_row(key, parent_commit_id=commit.commit_id, state=State.CREATING)
 
         async def admit(tx: Tx) -> None:
             assert await commit_store.hold_live(tx, commit.commit_id)

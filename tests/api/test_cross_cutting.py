@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 import uuid
@@ -14,10 +13,9 @@ from typing import Any, TypeVar
 import httpx
 import pytest
 
+from tests.factories import in_database
 from tests.support import Backend, Key, Server, error, make_key, unique_name
 from vers_orchestrator.services import idempotency
-from vers_orchestrator.settings import Settings
-from vers_orchestrator.store.connect import open_database
 from vers_orchestrator.store.database import Database
 
 T = TypeVar("T")
@@ -182,14 +180,7 @@ class TestRetryWhileTheFirstRuns:
         assert claimed is None
 
     def _in_database(self, server: Server, work: Callable[[Database], Awaitable[T]]) -> T:
-        async def run() -> T:
-            db = await open_database(Settings.from_env(server.backend.env))
-            try:
-                return await work(db)
-            finally:
-                await db.close()
-
-        return asyncio.run(run())
+        return in_database(server.backend, work)
 
     def _retry(self, server: Server, key: Key, idempotency_key: str, body: bytes) -> Any:
         headers = {"X-Idempotency-Key": idempotency_key, "Content-Type": "application/json"}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import socket
 import time
 from datetime import UTC, datetime, timedelta
@@ -13,11 +12,11 @@ import httpx
 import pytest
 from vers_sdk import AuthenticationError
 
+from tests.factories import in_database
 from tests.shapes import TIMESTAMP
 from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
 from vers_orchestrator.services import keys
-from vers_orchestrator.settings import Settings
-from vers_orchestrator.store.connect import open_database
+from vers_orchestrator.store.database import Database
 
 
 class TestWhoami:
@@ -117,28 +116,17 @@ def revoke(backend: Backend, key: Key) -> float:
     """Revoke `key` through the service, in another process than the servers; the
     monotonic time its transaction had committed."""
 
-    async def run() -> float:
-        db = await open_database(Settings.from_env(backend.env))
-        try:
-            await keys.revoke(db, key.api_key_id)
-            return time.monotonic()
-        finally:
-            await db.close()
+    async def run(db: Database) -> float:
+        await keys.revoke(db, key.api_key_id)
+        return time.monotonic()
 
-    return asyncio.run(run())
+    return in_database(backend, run)
 
 
 def execute(backend: Backend, sql: str, *args: object) -> None:
     """One statement on `backend`'s database, committed, as an operator's shell would."""
 
-    async def run() -> None:
-        db = await open_database(Settings.from_env(backend.env))
-        try:
-            await db.write(lambda tx: tx.execute(sql, *args))
-        finally:
-            await db.close()
-
-    asyncio.run(run())
+    in_database(backend, lambda db: db.write(lambda tx: tx.execute(sql, *args)))
 
 
 def refused_within(client: httpx.Client, seconds: float) -> float:
@@ -193,17 +181,13 @@ class TestRevocation:
     ) -> None:
         expires_at = datetime.now(UTC) + timedelta(seconds=1.5)
 
-        async def create() -> str:
-            db = await open_database(Settings.from_env(backend.env))
-            try:
-                created = await keys.create(
-                    db, unique_name("org"), unique_name("user"), expires_at=expires_at
-                )
-                return created.api_key
-            finally:
-                await db.close()
-
-        with server.client(asyncio.run(create())) as client:
+        created = in_database(
+            backend,
+            lambda db: keys.create(
+                db, unique_name("org"), unique_name("user"), expires_at=expires_at
+            ),
+        )
+        with server.client(created.api_key) as client:
             assert client.post("/api/v1/keys/validate").status_code == 200
             time.sleep(max(0.0, (expires_at - datetime.now(UTC)).total_seconds()))
             response = client.post("/api/v1/keys/validate")

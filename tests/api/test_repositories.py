@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
@@ -10,12 +9,10 @@ import httpx
 import pytest
 from vers_sdk import AuthenticationError, NotFoundError
 
-from tests.factories import make_commit
+from tests.factories import in_database, make_commit
 from tests.shapes import TIMESTAMP, UUID4
 from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
-from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import repositories as repository_store
-from vers_orchestrator.store.connect import open_database
 from vers_orchestrator.store.database import Tx
 
 PATH = "/api/v1/repositories"
@@ -440,15 +437,8 @@ class TestDeleteRepository:
             assert await repository_store.delete_by_name(tx, key.org_id, name)
             raise Interrupted
 
-        async def run() -> None:
-            db = await open_database(Settings.from_env(backend.env))
-            try:
-                await db.write(unit)
-            finally:
-                await db.close()
-
         with pytest.raises(Interrupted):
-            asyncio.run(run())
+            in_database(backend, lambda db: db.write(unit))
         with server.client(key.token) as client:
             tags = client.get(f"{PATH}/{name}/tags").json()["tags"]
         assert [t["tag_name"] for t in tags] == ["a", "b", "c"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 
 import httpx
 import pytest
@@ -11,7 +12,16 @@ from vers_sdk import ConflictError, NotFoundError
 
 from tests.factories import make_commit
 from tests.shapes import TIMESTAMP, UUID4
-from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
+from tests.support import (
+    Backend,
+    Key,
+    Server,
+    creates_racing_deletes,
+    error,
+    make_key,
+    sdk_call,
+    unique_name,
+)
 
 REPOS = "/api/v1/repositories"
 TAG_KEYS = {
@@ -59,33 +69,20 @@ def publish_commit(server: Server, key: Key, commit_id: str) -> None:
 
 
 ROUNDS = 8
-CREATES_PER_ROUND = 40
 
 
-async def race_creates_with_delete(
+def race_creates_with_delete(
     server: Server, key: Key, repos: list[str], commit_id: str
 ) -> list[httpx.Response]:
     """Per repository, a stream of tag creates with its DELETE sent halfway through."""
-    headers = {"Authorization": f"Bearer {key.token}"}
-    limits = httpx.Limits(max_connections=CREATES_PER_ROUND + 1)
-    async with httpx.AsyncClient(
-        base_url=server.base_url, headers=headers, timeout=30, limits=limits
-    ) as client:
 
-        async def create(repo: str, number: int) -> httpx.Response:
-            body = {"tag_name": f"t{number}", "commit_id": commit_id}
-            return await client.post(f"{REPOS}/{repo}/tags", json=body)
+    def creating(repo: str) -> Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]:
+        return lambda client: client.post(
+            f"{REPOS}/{repo}/tags", json={"tag_name": unique_name("t"), "commit_id": commit_id}
+        )
 
-        answers: list[httpx.Response] = []
-        for repo in repos:
-            creates = [create(repo, n) for n in range(CREATES_PER_ROUND)]
-            half = CREATES_PER_ROUND // 2
-            responses = await asyncio.gather(
-                *creates[:half], client.delete(f"{REPOS}/{repo}"), *creates[half:]
-            )
-            assert responses.pop(half).status_code == 204
-            answers += responses
-    return answers
+    rounds = [(f"{REPOS}/{repo}", creating(repo)) for repo in repos]
+    return asyncio.run(creates_racing_deletes(server, key, rounds))
 
 
 class TestCreateRepoTag:
@@ -256,7 +253,7 @@ class TestCreateRepoTagRacingRepositoryDelete:
         # repository in the middle of a stream of creates, so both outcomes occur.
         commit_id = make_commit(backend, key).commit_id
         repos = [make_repository(server, key) for _ in range(ROUNDS)]
-        answers = asyncio.run(race_creates_with_delete(server, key, repos, commit_id))
+        answers = race_creates_with_delete(server, key, repos, commit_id)
         for response in answers:
             if response.status_code != 201:
                 assert (response.status_code, response.json()) == (

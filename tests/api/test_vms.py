@@ -7,7 +7,6 @@ on the host, like a commit whose data is lost.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
 import uuid
@@ -17,12 +16,10 @@ from typing import Any
 import pytest
 from vers_sdk.errors import APIError
 
-from tests.factories import make_commit
+from tests.factories import in_database, make_commit, vm_row
 from tests.support import Backend, Key, Server, error, make_key, sdk_call, unique_name
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import vms as vm_store
-from vers_orchestrator.store.connect import open_database
-from vers_orchestrator.store.database import utc_now
 from vers_orchestrator.store.vms import State, Vm
 
 UNKNOWN = str(uuid.uuid4())
@@ -152,65 +149,30 @@ class TestVmOfAnotherServer:
 
 def _vm_elsewhere(backend: Backend, key: Key) -> str:
     """A running VM of `key`, recorded by another server of the same database."""
-    return _record_vm(backend, key, "another-host:/var/lib/vers/vm-state")
+    return _record_vm(backend, vm_row(key))
 
 
 def _vm_here(backend: Backend, key: Key) -> str:
     """A VM of `key` recorded as running on the test server, with no guest behind it: for
     requests refused before the driver is asked (end it with `_end_vm`)."""
-    return _record_vm(backend, key, Settings.from_env(backend.env).vm_node)
+    return _record_vm(backend, vm_row(key, node=Settings.from_env(backend.env).vm_node))
+
+
+def _record_vm(backend: Backend, vm: Vm) -> str:
+    in_database(backend, lambda db: db.write(lambda tx: vm_store.insert(tx, vm)))
+    return vm.vm_id
 
 
 def _recorded_disk_mib(backend: Backend, vm_id: str) -> int:
-    async def run() -> int:
-        db = await open_database(Settings.from_env(backend.env))
-        try:
-            vm = await db.read(lambda tx: vm_store.get(tx, vm_id))
-        finally:
-            await db.close()
-        assert vm is not None
-        return vm.disk_mib
-
-    return asyncio.run(run())
+    vm = in_database(backend, lambda db: db.read(lambda tx: vm_store.get(tx, vm_id)))
+    assert vm is not None
+    return vm.disk_mib
 
 
 def _end_vm(backend: Backend, vm_id: str) -> None:
-    async def run() -> None:
-        db = await open_database(Settings.from_env(backend.env))
-        try:
-            await db.write(lambda tx: vm_store.set_state(tx, vm_id, State.DELETED))
-        finally:
-            await db.close()
-
-    asyncio.run(run())
-
-
-def _record_vm(backend: Backend, key: Key, node: str) -> str:
-    vm = Vm(
-        vm_id=str(uuid.uuid4()),
-        org_id=key.org_id,
-        owner_id=key.api_key_id,
-        parent_commit_id=None,
-        state=State.RUNNING,
-        vcpus=1,
-        mem_mib=256,
-        disk_mib=1024,
-        labels={},
-        ssh_port=None,
-        created_at=utc_now(),
-        deleted_at=None,
-        node=node,
+    in_database(
+        backend, lambda db: db.write(lambda tx: vm_store.set_state(tx, vm_id, State.DELETED))
     )
-
-    async def run() -> None:
-        db = await open_database(Settings.from_env(backend.env))
-        try:
-            await db.write(lambda tx: vm_store.insert(tx, vm))
-        finally:
-            await db.close()
-
-    asyncio.run(run())
-    return vm.vm_id
 
 
 class TestNewRoot:
