@@ -37,6 +37,13 @@ SWEEP_SECONDS = 30.0
 RESERVED_MEMORY = 96 * 1024 * 1024
 MAX_RESERVED_MEMORY = 512 * 1024 * 1024
 RESERVED_PIDS = 256
+# Each command may run one process per this much of the commands' memory (640 in a 256 MiB
+# guest): a process costs the kernel a stack, page tables and task structures that a fork
+# bomb multiplies; capped by count, a fork bomb left running stays a bounded nuisance instead
+# of pressing the kernel's own memory until the guest stops answering (seen under TCG in CI).
+# The cap is per command, so the next command can still fork.
+MEMORY_PER_PROCESS = 256 * 1024
+MIN_COMMAND_PIDS = 512
 STRAY_ROUNDS = 16
 RNDRESEEDCRNG = 0x5207
 HOST_KEY = "/etc/ssh/ssh_host_ed25519_key"
@@ -101,6 +108,8 @@ class Cgroups:
         # Cgroups whose commands ended while processes of theirs still ran.
         self._lingering: set[str] = set()
         self.available = False
+        # Processes one command may run (MEMORY_PER_PROCESS), once known.
+        self._command_pids: int | None = None
         # Where the agent lives, once it has a cgroup of its own.
         self._agent_procs: str | None = None
         try:
@@ -143,10 +152,14 @@ class Cgroups:
             # No memory.high: files in tmpfs cannot be reclaimed, and over `high` every
             # allocation of every command would be throttled without end (measured: an
             # exec of `rm` never finished). At `max` their own out-of-memory killer acts.
-            _write(os.path.join(self._base, "memory.max"), str(max(total - reserve, reserve)))
+            commands_memory = max(total - reserve, reserve)
+            _write(os.path.join(self._base, "memory.max"), str(commands_memory))
             with open("/proc/sys/kernel/pid_max") as pid_max:
-                pids = int(pid_max.read())
-            _write(os.path.join(self._base, "pids.max"), str(max(pids - RESERVED_PIDS, 512)))
+                pids = int(pid_max.read()) - RESERVED_PIDS
+            _write(os.path.join(self._base, "pids.max"), str(max(pids, MIN_COMMAND_PIDS)))
+            self._command_pids = min(
+                pids, max(commands_memory // MEMORY_PER_PROCESS, MIN_COMMAND_PIDS)
+            )
         except (OSError, ValueError) as exc:
             log(f"no memory or process limits for commands: {exc}")
 
@@ -207,6 +220,11 @@ class Cgroups:
             _write(os.path.join(path, "memory.oom.group"), "1")
         except OSError:
             pass  # no memory controller: the killer takes one process at a time
+        if self._command_pids is not None:
+            try:
+                _write(os.path.join(path, "pids.max"), str(self._command_pids))
+            except OSError as exc:
+                log(f"no process limit for {path}: {exc}")
         return Cgroup(path, self)
 
     def remove(self, path: str) -> None:
