@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the Debian packages the project needs, only those that are missing.
 # PostgreSQL for the test suite; QEMU, debootstrap and friends to build and run guests;
-# wrk for the benchmarks; Chromium for the test that loads /docs in a browser.
+# skopeo, umoci and rsync to build images from registries and tarballs; wrk for the
+# benchmarks; a registry (docker-registry) and htpasswd for the image tests; Chromium for
+# the test that loads /docs in a browser.
 set -euo pipefail
 
 packages=(
     postgresql
     qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs cpio zstd lz4
-    wrk
+    skopeo umoci rsync
+    wrk docker-registry apache2-utils
     chromium
 )
 missing=()

@@ -22,6 +22,7 @@ from vers_orchestrator.api import (
     docs,
     env_vars,
     identity,
+    images,
     openapi,
     public,
     repositories,
@@ -38,6 +39,7 @@ from vers_orchestrator.api.responses import JsonResponse
 from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
 from vers_orchestrator.drivers import create_driver
 from vers_orchestrator.services import idempotency
+from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.keys import Authenticator
 from vers_orchestrator.services.vms import Vms
 from vers_orchestrator.settings import Settings
@@ -69,10 +71,16 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         db = await open_database(settings)
         driver = create_driver(settings)
-        vm_service = Vms(db, driver, settings)
+        image_service = Images(db, driver, settings)
+        vm_service = Vms(db, driver, settings, image_service)
         try:
             # VMs keep running while the server is down: find them again before serving.
             await vm_service.reconcile()
+            interrupted = await image_service.fail_interrupted()
+            if interrupted:
+                log.warning(
+                    "image builds cut short by the last stop, marked failed: %d", interrupted
+                )
             # A first VM should not wait for the image a first request would build.
             driver.warm_up()
         except BaseException:
@@ -81,7 +89,11 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             raise
         authenticator = Authenticator(db, settings.auth_cache_seconds)
         app.state[RUNTIME_KEY] = Runtime(
-            settings=settings, db=db, authenticator=authenticator, vms=vm_service
+            settings=settings,
+            db=db,
+            authenticator=authenticator,
+            vms=vm_service,
+            images=image_service,
         )
         tasks = [
             asyncio.create_task(
@@ -97,6 +109,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             for task in tasks:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await image_service.close()
             await vm_service.close()
             await driver.close()
             await db.close()
@@ -127,6 +140,10 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             env_vars.list_env_vars,
             env_vars.set_env_vars,
             env_vars.delete_env_var,
+            images.list_images,
+            images.create_image,
+            images.get_image_status,
+            images.delete_image,
             commit_tags.list_tags,
             commit_tags.create_tag,
             commit_tags.get_tag,
@@ -180,8 +197,16 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             vm_guest.write_file_vm,
         ],
     )
+    # Uploads of images stream to disk; their size is checked against their own setting.
+    uploads = Router(
+        path="/",
+        middleware=[DefineMiddleware(cast(Any, ApiMiddleware))],
+        response_class=JsonResponse,
+        request_max_body_size=settings.max_image_upload_bytes,
+        route_handlers=[images.upload_image],
+    )
     app = Litestar(
-        route_handlers=[api, bulk, docs.swagger_ui_assets()],
+        route_handlers=[api, bulk, uploads, docs.swagger_ui_assets()],
         request_class=BodyRequest,
         exception_handlers=EXCEPTION_HANDLERS,  # type: ignore[arg-type]
         lifespan=[lifespan],

@@ -121,6 +121,22 @@ class KeyLimitExceeded(Forbidden):
         )
 
 
+class InvalidImageName(BadRequest):
+    message = "invalid image name"
+
+
+class InvalidImageSize(BadRequest):
+    message = "invalid additional capacity: must be between 0 MiB and 32768 MiB"
+
+
+class InvalidBaseImageId(BadRequest):
+    message = "Invalid base_image_id format"  # capitalised, as the hosted service's
+
+
+class UploadNotUnderstood(BadRequest):
+    """An upload that is not a tar: says what to send instead."""
+
+
 # 404
 class NotFound(VersError):
     status_code = 404
@@ -174,9 +190,22 @@ class ForkSourceNotFound(NotFound):
     message = "source repository or tag not found (must be public)"
 
 
+class ImageNotFound(NotFound):
+    message = "image not found"
+
+
 # 409
 class Conflict(VersError):
     status_code = 409
+
+
+class ImageAlreadyExists(Conflict):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"image name already exists: {name}")
+
+
+class ImageInUse(Conflict):
+    message = "image is in use by VMs"
 
 
 class RepositoryAlreadyExists(Conflict):

@@ -66,6 +66,14 @@ class Settings:
     # Simple handlers are called without Litestar's per-request pipeline (api/direct.py);
     # the replies are the same either way. Off is a way to rule that path out.
     direct_handler_calls: bool = True
+    # Users' images (issue 12). Registry credentials: a containers-style auth.json; registries
+    # ("host:port") spoken to over plain HTTP; the S3 endpoint (empty: AWS itself, with
+    # boto3's own AWS_* settings); builds at once (more wait `pending`); upload size.
+    registry_auth_file: Path | None = None
+    insecure_registries: frozenset[str] = frozenset()
+    s3_endpoint_url: str | None = None
+    max_image_builds: int = 1
+    max_image_upload_bytes: int = 1024 * 1024 * 1024
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -116,6 +124,17 @@ class Settings:
                 max_vm_memory_mib=int(get("MAX_VM_MEMORY_MIB") or defaults.max_vm_memory_mib),
                 max_vm_disk_mib=int(get("MAX_VM_DISK_MIB") or defaults.max_vm_disk_mib),
                 direct_handler_calls=_flag("DIRECT_HANDLER_CALLS", get("DIRECT_HANDLER_CALLS")),
+                registry_auth_file=_optional_path(get("REGISTRY_AUTH_FILE")),
+                insecure_registries=frozenset(
+                    host.strip()
+                    for host in (get("INSECURE_REGISTRIES") or "").split(",")
+                    if host.strip()
+                ),
+                s3_endpoint_url=get("S3_ENDPOINT_URL"),
+                max_image_builds=_positive("MAX_IMAGE_BUILDS", get("MAX_IMAGE_BUILDS"), 1),
+                max_image_upload_bytes=int(
+                    get("MAX_IMAGE_UPLOAD_BYTES") or defaults.max_image_upload_bytes
+                ),
             )
         except ValueError as exc:
             raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc
@@ -133,6 +152,12 @@ class Settings:
     @property
     def effective_vm_state_dir(self) -> Path:
         return self.vm_state_dir or self.data_dir / "vm-state"
+
+    @property
+    def image_builds_dir(self) -> Path:
+        """Where image sources are fetched and unpacked while they build (and uploads land):
+        on disk beside the data, never in a tmpfs /tmp."""
+        return self.data_dir / "image-builds"
 
     @property
     def vm_node(self) -> str:
@@ -192,6 +217,13 @@ def _flag(name: str, value: str | None, default: bool = True) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{ENV_PREFIX}{name} must be true or false")
+
+
+def _positive(name: str, value: str | None, default: int) -> int:
+    number = default if value is None else int(value)
+    if number < 1:
+        raise ValueError(f"{ENV_PREFIX}{name} must be at least 1, not {number}")
+    return number
 
 
 def _optional_path(value: str | None) -> Path | None:

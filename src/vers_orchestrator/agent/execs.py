@@ -36,6 +36,8 @@ DEFAULT_ENV = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8"}
 # Between DEFAULT_ENV and a request's own env (`environment_file`).
 ENVIRONMENT_FILE = "/etc/environment"
 DEFAULT_CWD = "/root"
+# The image's WORKDIR, when its builder wrote one (drivers/qemu/built_images.py).
+WORKDIR_FILE = "/etc/vers-agent/workdir"
 # What the command wrote before it exited but the host had no credit for yet; beyond it
 # (a background process flooding the pipe) the rest is dropped as after-exit output.
 MAX_HELD_AFTER_EXIT = protocol.WINDOW
@@ -363,12 +365,25 @@ def _parse(
         raise ValueError("env must map names without '=' to strings")
     if any("\0" in part for part in (*argv, *env, *env.values())):
         raise ValueError("argv and env must not contain NUL")
-    cwd = request.get("cwd") or DEFAULT_CWD
+    cwd = request.get("cwd") or default_workdir()
     if not isinstance(cwd, str) or "\0" in cwd:
         raise ValueError("cwd must be a path")
     timeout_ms = _optional_count(request, "timeout_ms")
     limit = _optional_count(request, "output_limit")
     return argv, {**DEFAULT_ENV, **environment_file(), **env}, cwd, timeout_ms, limit
+
+
+def default_workdir(path: str = WORKDIR_FILE) -> str:
+    """Where a command that names no working directory runs: the image's WORKDIR when it was
+    built from an OCI image that has one (written to WORKDIR_FILE) and it is a directory,
+    else DEFAULT_CWD."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as file:
+            workdir = file.read(4096).strip()
+    except OSError:
+        return DEFAULT_CWD
+    usable = workdir.startswith("/") and "\0" not in workdir and os.path.isdir(workdir)
+    return workdir if usable else DEFAULT_CWD
 
 
 def environment_file(path: str = ENVIRONMENT_FILE) -> dict[str, str]:

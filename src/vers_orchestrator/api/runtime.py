@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request
 
 from vers_orchestrator.auth import Principal
+from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.keys import Authenticator
 from vers_orchestrator.services.vms import Vms
 from vers_orchestrator.settings import Settings
@@ -22,6 +23,7 @@ class Runtime:
     db: Database
     authenticator: Authenticator
     vms: Vms
+    images: Images
 
 
 @dataclass(slots=True)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, M
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from enum import StrEnum
+from pathlib import Path
 from typing import Protocol
 
 MIB = 1024 * 1024
@@ -189,9 +190,58 @@ class FileTooLarge(GuestAgentError):
         self.limit = limit
 
 
+class ImageInUse(DriverError):
+    def __init__(self) -> None:
+        super().__init__("image is in use by VMs")
+
+
+class ImageMissing(DriverError):
+    def __init__(self, key: str) -> None:
+        super().__init__(f"the image's files are missing: {key}")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class StoredImage:
+    """A user's image as the driver keeps it: `key` names its content and build, `size_mib`
+    is its filesystem's whole size (what a VM's disk must hold at least)."""
+
+    key: str
+    size_mib: int
+
+
 class VmDriver(Protocol):
-    async def create_vm(self, vm_id: str, spec: VmSpec) -> VmInfo:
-        """Boot a root VM from the default image; returns once commands can run in it."""
+    async def create_vm(self, vm_id: str, spec: VmSpec, *, image: str | None = None) -> VmInfo:
+        """Boot a root VM from the default image, or from the stored image of key `image`
+        (ImageMissing if it is gone); returns once commands can run in it."""
+        ...
+
+    async def image_key(self, source_digest: str, size_mib: int) -> str:
+        """The key under which the content `source_digest` ("sha256:…") built with
+        `size_mib` MiB of extra space is stored; the same for the same content and build.
+        Waits for the default image, which every image is laid over."""
+        ...
+
+    async def find_image(self, key: str) -> StoredImage | None: ...
+
+    async def store_image(
+        self,
+        key: str,
+        tree: Path,
+        *,
+        env: dict[str, str],
+        workdir: str | None,
+        size_mib: int,
+        progress: Callable[[str], None],
+    ) -> StoredImage:
+        """Make a bootable image of the root filesystem tree `tree` (laid over the default
+        image's files, `env` added to /etc/environment, `workdir` the default of exec) with
+        `size_mib` MiB free, under `key`. Takes seconds to minutes, in a thread of its own.
+        Raises DriverError with the reason (too large, disk full)."""
+        ...
+
+    async def delete_image(self, key: str) -> None:
+        """Remove a stored image's files; ImageInUse while a VM or commit is made from it."""
         ...
 
     async def pause(self, vm_id: str) -> None: ...

@@ -263,3 +263,61 @@ user_env_vars = sa.Table(
     sa.Column("updated_at", Timestamp, nullable=False),
     sa.PrimaryKeyConstraint("user_id", "key"),
 )
+
+# Users' images (issue 12): names are unique in an organization; `storage_key` names the
+# driver's files, shared by images of the same content. `size_mib` is the filesystem's
+# whole size, as the hosted service reports it.
+base_images = sa.Table(
+    "base_images",
+    metadata,
+    sa.Column("base_image_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    sa.Column("image_name", Name, nullable=False),
+    sa.Column("is_public", sa.Boolean(), nullable=False),
+    sa.Column("source_type", sa.Text(), nullable=False),
+    sa.Column("source_config", sa.Text(), nullable=False),
+    sa.Column("size_mib", sa.Integer(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("storage_key", sa.Text(), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "image_name", name="unique_image_per_org"),
+)
+sa.Index("ix_base_images_org_created", base_images.c.org_id, base_images.c.created_at)
+
+# Builds of images. `size_mib` is the extra space asked for. A job is built on the `node`
+# that accepted it; one not finished when that node starts again is marked failed there.
+# At most one unfinished job per name in an organization.
+base_image_jobs = sa.Table(
+    "base_image_jobs",
+    metadata,
+    sa.Column("job_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    sa.Column("image_name", Name, nullable=False),
+    sa.Column("source_type", sa.Text(), nullable=False),
+    sa.Column("source_config", sa.Text(), nullable=False),
+    sa.Column("size_mib", sa.Integer(), nullable=False),
+    sa.Column("description", sa.Text(), nullable=True),
+    sa.Column("status", sa.Text(), nullable=False),
+    sa.Column("error_message", sa.Text(), nullable=True),
+    sa.Column("node", sa.Text(), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.Column("completed_at", Timestamp, nullable=True),
+)
+_UNFINISHED_JOB = "status IN ('pending', 'creating')"
+sa.Index(
+    "unique_unfinished_job_per_name",
+    base_image_jobs.c.org_id,
+    base_image_jobs.c.image_name,
+    unique=True,
+    sqlite_where=sa.text(_UNFINISHED_JOB),
+    postgresql_where=sa.text(_UNFINISHED_JOB),
+)
+sa.Index(
+    "ix_base_image_jobs_name_created",
+    base_image_jobs.c.org_id,
+    base_image_jobs.c.image_name,
+    base_image_jobs.c.created_at,
+)

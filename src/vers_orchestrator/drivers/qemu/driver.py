@@ -30,16 +30,20 @@ from vers_orchestrator.drivers.base import (
     ExecResult,
     FileReader,
     GuestAgentError,
+    ImageInUse,
+    ImageMissing,
     InvalidRequest,
     Inventory,
     OutputSink,
     SshEndpoint,
+    StoredImage,
     VmAlreadyExists,
     VmInfo,
     VmNotFound,
     VmSpec,
     VmState,
 )
+from vers_orchestrator.drivers.qemu import built_images
 from vers_orchestrator.drivers.qemu.boot import boot_initrd
 from vers_orchestrator.drivers.qemu.guest import Guests
 from vers_orchestrator.drivers.qemu.host import QemuDriverConfig, VmHost, check_id, check_spec
@@ -48,7 +52,7 @@ from vers_orchestrator.drivers.qemu.images import (
     ensure_default_image,
     load_default_image,
 )
-from vers_orchestrator.drivers.qemu.layout import VmRecord
+from vers_orchestrator.drivers.qemu.layout import VmRecord, read_json
 from vers_orchestrator.drivers.qemu.machine import free_port, run
 from vers_orchestrator.drivers.qemu.snapshots import Snapshots
 
@@ -84,6 +88,9 @@ class QemuDriver:
         log.info("image: %s", _describe_image(config.images_dir))
         # The default image's build in progress, shared by every VM that waits for it.
         self._image_build: asyncio.Future[ImagePaths] | None = None
+        # Held while a VM is made from a user's image and while one is deleted: a delete
+        # sees every VM record that lists the image, a new VM never an image half removed.
+        self._user_images = asyncio.Lock()
 
     def warm_up(self) -> None:
         if load_default_image(self._host.config.images_dir) is not None:
@@ -104,7 +111,7 @@ class QemuDriver:
 
     # ----------------------------------------------------------------- lifecycle
 
-    async def create_vm(self, vm_id: str, spec: VmSpec) -> VmInfo:
+    async def create_vm(self, vm_id: str, spec: VmSpec, *, image: str | None = None) -> VmInfo:
         host = self._host
         check_id(vm_id, "VM")
         check_spec(spec)
@@ -112,16 +119,23 @@ class QemuDriver:
             if host.layout.vm_dir(vm_id).exists():
                 raise VmAlreadyExists(vm_id)
             # Shielded: a VM request that is given up on does not stop the build for others.
-            image = await asyncio.shield(self._default_image())
-            if spec.disk_mib < image.rootfs_mib:
-                raise InvalidRequest(
-                    f"the disk must be at least {image.rootfs_mib} MiB (the image's file system)"
-                )
-            initrd = await asyncio.to_thread(boot_initrd, image, host.layout.boot)
-            record = self._new_root_record(vm_id, spec, image, initrd)
-            host.layout.vm_dir(vm_id).mkdir(parents=True)
-            host.layout.make_runtime(host.layout.runtime(vm_id))
-            host.save_vm(record)
+            base = await asyncio.shield(self._default_image())
+            rootfs, rootfs_mib = base.rootfs, base.rootfs_mib
+            async with self._user_images:
+                if image is not None:
+                    stored = await asyncio.to_thread(built_images.find, self._images_dir, image)
+                    if stored is None:
+                        raise ImageMissing(image)
+                    base, rootfs, rootfs_mib = stored.base, stored.rootfs, stored.rootfs_mib
+                if spec.disk_mib < rootfs_mib:
+                    raise InvalidRequest(
+                        f"the disk must be at least {rootfs_mib} MiB (the image's file system)"
+                    )
+                initrd = await asyncio.to_thread(boot_initrd, base, host.layout.boot)
+                record = self._new_root_record(vm_id, spec, base, rootfs, initrd)
+                host.layout.vm_dir(vm_id).mkdir(parents=True)
+                host.layout.make_runtime(host.layout.runtime(vm_id))
+                host.save_vm(record)
             try:
                 await run(
                     "qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw",
@@ -137,14 +151,65 @@ class QemuDriver:
                 raise
         return host.info(record, VmState.RUNNING)
 
+    # ----------------------------------------------------------------- users' images
+
+    @property
+    def _images_dir(self) -> Path:
+        return self._host.config.images_dir
+
+    async def image_key(self, source_digest: str, size_mib: int) -> str:
+        base = await asyncio.shield(self._default_image())
+        return built_images.image_key(source_digest, size_mib, base)
+
+    async def find_image(self, key: str) -> StoredImage | None:
+        stored = await asyncio.to_thread(built_images.find, self._images_dir, key)
+        return None if stored is None else StoredImage(key, stored.rootfs_mib)
+
+    async def store_image(
+        self,
+        key: str,
+        tree: Path,
+        *,
+        env: dict[str, str],
+        workdir: str | None,
+        size_mib: int,
+        progress: Callable[[str], None],
+    ) -> StoredImage:
+        base = await asyncio.shield(self._default_image())
+        stored = await asyncio.to_thread(
+            lambda: built_images.install(
+                self._images_dir, key, tree,
+                env=env, workdir=workdir, size_mib=size_mib, base=base, progress=progress,
+            )
+        )  # fmt: skip
+        return StoredImage(key, stored.rootfs_mib)
+
+    async def delete_image(self, key: str) -> None:
+        layout = self._host.layout
+        async with self._user_images:
+            stored = await asyncio.to_thread(built_images.find, self._images_dir, key)
+            if stored is None:
+                return
+            # Commits being written list their chain too (`.<id>.partial/commit.json`).
+            records = [
+                *layout.vms.glob("*/vm.json"),
+                *layout.commits.glob("*/commit.json"),
+                *layout.commits.glob(".*.partial/commit.json"),
+            ]
+            for path in records:
+                with contextlib.suppress(FileNotFoundError):
+                    if read_json(path)["disk_chain"][0] == str(stored.rootfs):
+                        raise ImageInUse()
+            await asyncio.to_thread(built_images.remove, self._images_dir, key)
+
     def _new_root_record(
-        self, vm_id: str, spec: VmSpec, image: ImagePaths, initrd: Path
+        self, vm_id: str, spec: VmSpec, image: ImagePaths, rootfs: Path, initrd: Path
     ) -> VmRecord:
         layout = self._host.layout
         return VmRecord(
             vm_id=vm_id,
             spec=spec,
-            disk_chain=(str(image.rootfs), str(layout.new_layer())),
+            disk_chain=(str(rootfs), str(layout.new_layer())),
             ram_path=str(layout.runtime(vm_id) / "ram"),
             ram_shared=True,
             ssh_port=free_port(),
@@ -198,7 +263,8 @@ class QemuDriver:
         )
 
     async def remove_leftovers(self) -> list[str]:
-        return await self._host.remove_leftovers()
+        removed = await asyncio.to_thread(built_images.remove_partial_builds, self._images_dir)
+        return removed + await self._host.remove_leftovers()
 
     async def _status_if_exists(self, vm_id: str) -> VmInfo | None:
         try:

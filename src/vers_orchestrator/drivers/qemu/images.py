@@ -68,6 +68,7 @@ class ImagePaths:
     rootfs: Path
     rootfs_mib: int
     kernel_version: str
+    recipe: int = RECIPE
 
 
 INITRAMFS_INIT = """#!/bin/busybox sh
@@ -172,10 +173,14 @@ def load_default_image(images_dir: Path) -> ImagePaths | None:
     link = images_dir / DEFAULT_IMAGE_NAME
     if not link.exists():
         return None
-    directory = link.resolve()
+    image = load_image(link.resolve())
+    return image if image.recipe == RECIPE else None
+
+
+def load_image(directory: Path) -> ImagePaths:
+    """A default image's directory as built, whatever its recipe (VMs and user images made
+    from an older one keep booting with it). Raises OSError and ValueError when unreadable."""
     manifest = json.loads((directory / "image.json").read_text())
-    if manifest.get("recipe", 1) != RECIPE:
-        return None
     return ImagePaths(
         directory=directory,
         kernel=directory / "vmlinux",
@@ -183,6 +188,7 @@ def load_default_image(images_dir: Path) -> ImagePaths | None:
         rootfs=directory / "rootfs.ext4",
         rootfs_mib=int(manifest["rootfs_mib"]),
         kernel_version=str(manifest["kernel_version"]),
+        recipe=int(manifest.get("recipe", 1)),
     )
 
 

@@ -9,6 +9,7 @@ One room per part of a VM's story, sharing one small state object (`context.VmCo
 from __future__ import annotations
 
 from vers_orchestrator.drivers.base import VmDriver
+from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.vms.context import VmContext, wire_state
 from vers_orchestrator.services.vms.fork import Fork, ForkResult
 from vers_orchestrator.services.vms.guest import Guest
@@ -27,9 +28,11 @@ CLOSE_TIMEOUT_SECONDS = 60.0
 class Vms:
     """The VM service of one server process."""
 
-    def __init__(self, db: Database, driver: VmDriver, settings: Settings) -> None:
+    def __init__(
+        self, db: Database, driver: VmDriver, settings: Settings, images: Images | None = None
+    ) -> None:
         self._context = VmContext(db, driver, settings)
-        self.lifecycle = Lifecycle(self._context)
+        self.lifecycle = Lifecycle(self._context, images)
         self.guest = Guest(self._context)
         self.snapshots = Snapshots(self._context)
         self.fork = Fork(self._context, self.snapshots)

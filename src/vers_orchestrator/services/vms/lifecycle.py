@@ -14,6 +14,7 @@ from functools import partial
 from vers_orchestrator.auth import Principal
 from vers_orchestrator.drivers import base as driver_api
 from vers_orchestrator.errors import BadRequest, VmNotFound, VmNotRunning, VmOperationFailed
+from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.validation import validate_text
 from vers_orchestrator.services.vms.context import (
     ALIVE,
@@ -33,7 +34,6 @@ DEFAULT_DISK_MIB = 1024
 MAX_VCPUS = 64
 MIN_MEM_MIB = 128
 MAX_LABELS = 64
-IMAGE_NAMES = (None, "default")
 KERNEL_NAMES = (None, "default.bin")
 
 
@@ -64,8 +64,10 @@ def check_labels(labels: dict[str, str]) -> None:
 
 
 class Lifecycle:
-    def __init__(self, context: VmContext) -> None:
+    def __init__(self, context: VmContext, images: Images | None = None) -> None:
         self._context = context
+        # None where only the default image is offered (the CLI's own VM service).
+        self._images = images
 
     async def reconcile(self) -> None:
         """Settle the database against what the driver finds on the host after a restart."""
@@ -140,17 +142,29 @@ class Lifecycle:
         log.warning("VM %s made %s again: a crash had cut an operation short", vm_id, wanted.value)
 
     async def new_root(self, principal: Principal, config: RootConfig, wait_boot: bool) -> Vm:
-        """Boot a VM from the default image; with `wait_boot` false, answer while it boots."""
+        """Boot a VM from the default image or the caller's organization's (or a public)
+        image named `config.image_name`; with `wait_boot` false, answer while it boots.
+        Without `fs_size_mib` the disk holds the image's filesystem at least."""
         context = self._context
         vcpus = DEFAULT_VCPUS if config.vcpus is None else config.vcpus
         mem_mib = DEFAULT_MEM_MIB if config.mem_mib is None else config.mem_mib
-        disk_mib = DEFAULT_DISK_MIB if config.disk_mib is None else config.disk_mib
         if not 1 <= vcpus <= MAX_VCPUS:
             raise BadRequest(f"vcpu_count must be between 1 and {MAX_VCPUS}")
         if mem_mib < MIN_MEM_MIB:
             raise BadRequest(f"mem_size_mib must be at least {MIN_MEM_MIB}")
-        if config.image_name not in IMAGE_NAMES:
+        image = None
+        if config.image_name is not None and self._images is not None:
+            image = await self._images.resolve(principal, config.image_name)
+        elif config.image_name not in (None, "default"):
             raise BadRequest(f"unknown image_name {config.image_name!r}: only 'default' exists")
+        disk_mib = DEFAULT_DISK_MIB if config.disk_mib is None else config.disk_mib
+        if image is not None and disk_mib < image.size_mib:
+            if config.disk_mib is not None:
+                raise BadRequest(
+                    f"fs_size_mib must be at least {image.size_mib} for image"
+                    f" {config.image_name!r} (its file system)"
+                )
+            disk_mib = image.size_mib
         if config.kernel_name not in KERNEL_NAMES:
             raise BadRequest(
                 f"unknown kernel_name {config.kernel_name!r}: only 'default.bin' exists"
@@ -161,7 +175,8 @@ class Lifecycle:
         await context.admit(principal, [vm], record=True)
         spec = driver_api.VmSpec(mem_mib=mem_mib, vcpus=vcpus, disk_mib=disk_mib)
         environment = await context.user_environment(principal)
-        boot = asyncio.ensure_future(self._boot(vm.vm_id, spec, environment))
+        key = None if image is None else image.key
+        boot = asyncio.ensure_future(self._boot(vm.vm_id, spec, environment, key))
         context.booting[vm.vm_id] = boot
         context.keep(boot)
         boot.add_done_callback(lambda _: context.booting.pop(vm.vm_id, None))
@@ -170,11 +185,17 @@ class Lifecycle:
         await asyncio.shield(boot)
         return replace(vm, state=State.RUNNING)
 
-    async def _boot(self, vm_id: str, spec: driver_api.VmSpec, environment: dict[str, str]) -> None:
+    async def _boot(
+        self,
+        vm_id: str,
+        spec: driver_api.VmSpec,
+        environment: dict[str, str],
+        image: str | None,
+    ) -> None:
         context = self._context
         try:
             async with context.driver_call(vm_id, "boot the VM"):
-                await context.driver.create_vm(vm_id, spec)
+                await context.driver.create_vm(vm_id, spec, image=image)
         except BaseException:
             await context.set_state(vm_id, State.FAILED)
             raise
