@@ -19,6 +19,7 @@ import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 # The tag skopeo gives the pulled image inside its layout.
 LAYOUT_TAG = "latest"
@@ -108,7 +109,9 @@ def download_s3(bucket: str, key: str, destination: Path, *, endpoint_url: str |
         error = exc.response.get("Error", {})
         code = str(error.get("Code", ""))
         if code in ("404", "NoSuchKey"):
-            raise ImageSourceError(f"downloading {where}: no such object") from exc
+            # download_file asks HEAD of the object, whose 404 does not say which is missing.
+            missing = "bucket" if not _bucket_exists(client, bucket) else "object"
+            raise ImageSourceError(f"downloading {where}: no such {missing}") from exc
         if code == "NoSuchBucket":
             raise ImageSourceError(f"downloading {where}: no such bucket") from exc
         if code in ("403", "AccessDenied"):
@@ -119,6 +122,16 @@ def download_s3(bucket: str, key: str, destination: Path, *, endpoint_url: str |
     except OSError as exc:
         raise ImageSourceError(f"downloading {where}: {exc.strerror or exc}") from exc
     return destination
+
+
+def _bucket_exists(client: Any, bucket: str) -> bool:
+    import botocore.exceptions
+
+    try:
+        client.head_bucket(Bucket=bucket)
+    except botocore.exceptions.ClientError as exc:
+        return str(exc.response.get("Error", {}).get("Code", "")) not in ("404", "NoSuchBucket")
+    return True
 
 
 def tarball(path: Path) -> FetchedImage:

@@ -21,6 +21,8 @@ class S3Source(msgspec.Struct, tag_field="type", tag="s3"):
 
 
 ImageSourceRequest = DockerSource | S3Source
+Int32 = Annotated[int, msgspec.Meta(extra_json_schema={"extra": {"format": "int32"}})]
+Int64 = Annotated[int, msgspec.Meta(extra_json_schema={"extra": {"format": "int64"}})]
 
 
 class CreateBaseImageRequest(msgspec.Struct, kw_only=True):
@@ -50,8 +52,8 @@ class UploadBaseImageResponse(msgspec.Struct):
 class BaseImageStatusResponse(msgspec.Struct):
     image_name: str
     status: str
-    size_mib: int
-    error_message: str | None
+    size_mib: Int32
+    error_message: str | None = None
 
 
 class BaseImageInfo(msgspec.Struct):
@@ -60,16 +62,16 @@ class BaseImageInfo(msgspec.Struct):
     owner_id: str
     is_public: bool
     source_type: str
-    size_mib: int
-    description: str | None
+    size_mib: Int32
     created_at: str
+    description: str | None = None
 
 
 class ListBaseImagesResponse(msgspec.Struct):
     images: list[BaseImageInfo]
-    total: int
-    limit: int
-    offset: int
+    total: Int64
+    limit: Int64
+    offset: Int64
 
 
 class DeleteBaseImageResponse(msgspec.Struct):
