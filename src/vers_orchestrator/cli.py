@@ -7,6 +7,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import shutil
 import signal
 import socket
@@ -238,6 +239,51 @@ def _images_build_default(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _images_build(settings: Settings, args: argparse.Namespace) -> int:
+    """The same build as `POST /api/v1/images/create`, run here with a progress bar, for
+    the organization of the key in VERS_API_KEY (as the SDK and the CLI of the hosted
+    service read it)."""
+    from vers_orchestrator.console import stage_bar
+    from vers_orchestrator.drivers import create_driver
+    from vers_orchestrator.services.images import Images
+    from vers_orchestrator.services.keys import Authenticator
+
+    token = os.environ.get("VERS_API_KEY", "").strip()
+    if not token:
+        _error(
+            "set VERS_API_KEY to a key of the organization the image is for"
+            " (`vers-orchestrator keys create --org ORG --user USER --format token`)"
+        )
+        return 2
+
+    async def build(db: Database, progress: Callable[[str], None]) -> tuple[str, int | None]:
+        caller = await Authenticator(db, 0).authenticate(f"Bearer {token}")
+        driver = create_driver(settings)
+        images = Images(db, driver, settings, progress)
+        try:
+            source = {"type": "docker", "image_ref": args.image_ref}
+            await images.create(caller, args.name, source, args.size_mib, None)
+            await images.wait_for_builds()
+            status = await images.status(caller, args.name)
+        finally:
+            await images.close()
+            await driver.close()
+        if status.status != "completed":
+            return status.error_message or status.status, None
+        return "", status.size_mib
+
+    startup.check_data_dir(settings)
+    with startup.data_dir_lock(settings, exclusive=False), stage_bar() as progress:
+        failure, size_mib = _with_database(settings, lambda db: build(db, progress))
+        if size_mib is not None:
+            progress(f"image ready: {args.name}")
+    if size_mib is None:
+        _error(f"building {args.name} failed: {failure}")
+        return 1
+    print(f"{args.name}: {size_mib} MiB; start VMs from it with vm_config.image_name")
+    return 0
+
+
 def _vms_stop_all(settings: Settings, args: argparse.Namespace) -> int:
     from vers_orchestrator.drivers import create_driver
     from vers_orchestrator.services.vms import Vms
@@ -393,6 +439,21 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
         "--if-missing",
         action="store_true",
         help="build only when there is no default image yet (what `make run` does)",
+    )
+    build = commands.add(
+        images,
+        "build",
+        "build an image from a registry (`python:3.12`, `registry.example.com/team/app:1`)",
+        _images_build,
+        more="For the organization of the key in VERS_API_KEY, as POST /api/v1/images/create"
+        " does; the image's files are laid over the default image's. Registry credentials"
+        " and plain-HTTP registries come from VERS_ORCHESTRATOR_REGISTRY_AUTH_FILE and"
+        " VERS_ORCHESTRATOR_INSECURE_REGISTRIES.",
+    )
+    build.add_argument("image_ref", metavar="IMAGE_REF", help="the image's reference")
+    build.add_argument("--name", required=True, help="the image's name in the organization")
+    build.add_argument(
+        "--size-mib", type=int, default=None, help="free space in MiB beyond the files (256)"
     )
 
     vms = commands.add(top, "vms", "VMs on this machine", None).add_subparsers(

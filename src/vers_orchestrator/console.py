@@ -33,7 +33,7 @@ def stage_bar(stream: TextIO = sys.stderr) -> Iterator[Progress]:
                 bar.total = total
                 bar.n = done
                 bar.set_description_str(what[:60])
-            elif line.startswith("default image ready"):
+            elif line.startswith(("default image ready", "image ready")):
                 bar.n = bar.total or 1
                 bar.set_description_str("default image ready")
             else:

@@ -31,6 +31,7 @@ from tests.image_sources import (
 )
 from tests.support import (
     IMAGES_DIR,
+    VERS_ORCHESTRATOR,
     Backend,
     Key,
     Server,
@@ -634,3 +635,39 @@ def test_a_build_cut_short_by_a_stop_is_failed_at_start_up(world: World) -> None
         "size_mib": 256,
         "error_message": "the server stopped during the build; create the image again",
     }
+
+
+class TestCli:
+    def run(self, world: World, *args: str, key: Key | None = None) -> Any:
+        env = {**world.backend.env, "VERS_API_KEY": key.token if key else ""}
+        return subprocess.run(
+            [VERS_ORCHESTRATOR, "images", "build", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    def test_images_build_for_the_keys_organization(self, world: World) -> None:
+        name = unique_name("cli")
+        done = self.run(world, f"{world.registry.host}/team/app:1", "--name", name, key=world.key)
+        assert done.returncode == 0, done.stderr
+        status = world.built(name)
+        assert status["status"] == "completed"
+        assert done.stdout == (
+            f"{name}: {status['size_mib']} MiB; start VMs from it with vm_config.image_name\n"
+        )
+
+    def test_a_failed_build_and_a_missing_key(self, world: World) -> None:
+        name = unique_name("cli")
+        missing = f"{world.registry.host}/team/app:missing"
+        failed = self.run(world, missing, "--name", name, key=world.key)
+        assert failed.returncode == 1
+        assert failed.stderr.splitlines()[-1] == (
+            f"vers-orchestrator: error: building {name} failed: pulling {missing}:"
+            f" initializing source docker://{missing}: reading manifest missing in"
+            f" {world.registry.host}/team/app: manifest unknown: manifest unknown"
+        )
+        keyless = self.run(world, missing, "--name", name)
+        assert (keyless.returncode, keyless.stdout) == (2, "")
+        assert keyless.stderr.startswith("vers-orchestrator: error: set VERS_API_KEY")

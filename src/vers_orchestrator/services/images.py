@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -83,10 +84,19 @@ def check_extra_size(size_mib: int) -> None:
 
 
 class Images:
-    def __init__(self, db: Database, driver: VmDriver, settings: Settings) -> None:
+    def __init__(
+        self,
+        db: Database,
+        driver: VmDriver,
+        settings: Settings,
+        progress: Callable[[str], None] | None = None,
+    ) -> None:
+        """`progress` gets each build's stages as "[k/3] …" lines (the CLI's bar); the
+        server's log gets them either way."""
         self._db = db
         self._driver = driver
         self._settings = settings
+        self._progress = progress
         self._node = settings.vm_node
         self._slots = asyncio.Semaphore(settings.max_image_builds)
         self._builds: set[asyncio.Task[None]] = set()
@@ -298,24 +308,44 @@ class Images:
         directory = self._settings.image_builds_dir
         directory.mkdir(parents=True, exist_ok=True)
         work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="build-", dir=directory))
+        steps: dict[str, float] = {}
+        started = time.monotonic()
         try:
+            self._announce(job, f"[1/3] fetching {_describe(job.source_config)}")
             fetched = await asyncio.to_thread(fetch, work)
+            steps["fetch"] = time.monotonic() - started
             key = await self._driver.image_key(fetched.digest, job.size_mib)
             stored = await self._driver.find_image(key)
             if stored is not None:
                 log.info("image %s: the same content was built before", job.image_name)
                 return stored
+            self._announce(job, "[2/3] unpacking")
             tree, config = await asyncio.to_thread(image_sources.unpack, fetched, work)
-            return await self._driver.store_image(
+            steps["unpack"] = time.monotonic() - started - steps["fetch"]
+            self._announce(job, "[3/3] laying it over the default image")
+            stored = await self._driver.store_image(
                 key,
                 tree,
                 env=config.env,
                 workdir=config.workdir,
                 size_mib=job.size_mib,
-                progress=lambda line: log.info("image %s: %s", job.image_name, line),
+                progress=lambda line: self._announce(job, line),
             )
+            steps["filesystem"] = time.monotonic() - started - steps["fetch"] - steps["unpack"]
+            # One line per build, read by bench/image_bench.py.
+            log.info(
+                "image %s: steps %s",
+                job.image_name,
+                " ".join(f"{step}={seconds:.3f}s" for step, seconds in steps.items()),
+            )
+            return stored
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)
+
+    def _announce(self, job: Job, line: str) -> None:
+        log.info("image %s: %s", job.image_name, line)
+        if self._progress is not None:
+            self._progress(line)
 
     def _pull(self, reference: str, work: Path) -> image_sources.FetchedImage:
         settings = self._settings
@@ -360,3 +390,11 @@ class Images:
                 tx, job.job_id, JobStatus.FAILED, utc_now(), reason
             )
         )
+
+
+def _describe(source: dict[str, str]) -> str:
+    if source["type"] == "docker":
+        return source["image_ref"]
+    if source["type"] == "s3":
+        return f"s3://{source['bucket']}/{source['key']}"
+    return "the upload"
