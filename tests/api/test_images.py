@@ -628,7 +628,12 @@ def test_a_build_cut_short_by_a_stop_is_failed_at_start_up(world: World) -> None
     in_database(world.backend, insert)
     assert world.built(job.image_name, timeout=0)["status"] == "creating"
     world.server.stop()
+    # What a build and an upload cut short leave.
+    builds = Path(world.backend.env["VERS_ORCHESTRATOR_DATA_DIR"], "image-builds")
+    (builds / "build-cut" / "layout").mkdir(parents=True)
+    (builds / "upload-cut.tar").write_bytes(b"half")
     world.server.start()
+    assert list(builds.iterdir()) == []
     assert world.built(job.image_name, timeout=0) == {
         "image_name": job.image_name,
         "status": "failed",

@@ -222,7 +222,16 @@ class Images:
     # ------------------------------------------------------------- lifecycle
 
     async def fail_interrupted(self) -> int:
-        """At start-up: this node's jobs that a stop cut short are failed; returns how many."""
+        """At start-up, before serving: this node's jobs that a stop cut short are failed,
+        and what their builds and unfinished uploads left on disk goes; returns how many
+        jobs."""
+        directory = self._settings.image_builds_dir
+        if directory.exists():
+            for leftover in await asyncio.to_thread(lambda: list(directory.iterdir())):
+                if leftover.is_dir() and not leftover.is_symlink():
+                    await asyncio.to_thread(shutil.rmtree, leftover, True)
+                else:
+                    await asyncio.to_thread(leftover.unlink, True)
         return await self._db.write(
             lambda tx: image_store.fail_unfinished_on_node(tx, self._node, INTERRUPTED, utc_now())
         )
