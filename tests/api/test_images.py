@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -676,3 +677,22 @@ class TestCli:
         keyless = self.run(world, missing, "--name", name)
         assert (keyless.returncode, keyless.stdout) == (2, "")
         assert keyless.stderr.startswith("vers-orchestrator: error: set VERS_API_KEY")
+
+
+def test_a_stop_during_a_build_ends_it_at_once(world: World) -> None:
+    # A registry that accepts connections and never answers: the pull hangs.
+    with socket.create_server(("127.0.0.1", 0)) as tarpit:
+        name = unique_name("hung")
+        reference = f"127.0.0.1:{tarpit.getsockname()[1]}/team/app:1"
+        assert world.create(name, world.docker(reference)).status_code == 201
+        time.sleep(1)  # skopeo is waiting for the registry
+        started = time.monotonic()
+        world.server.stop()
+        stopped_in = time.monotonic() - started
+    world.server.start()
+    assert stopped_in < 5, stopped_in
+    status = world.built(name, timeout=0)
+    assert (status["status"], status["error_message"]) == (
+        "failed",
+        "the server stopped during the build; create the image again",
+    )

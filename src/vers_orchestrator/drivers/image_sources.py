@@ -7,8 +7,8 @@ uploaded tarball, fetched and unpacked into a plain directory tree by well-kept 
   compressed, extracted by GNU tar (which finds the compression itself and refuses `..`
   and absolute member names).
 
-Every step is blocking (run it in a thread) and raises `ImageSourceError` whose message is
-the reason a user reads in the job's `error_message`.
+Every step is blocking (run it in a thread) and raises `ImageSourceError` or
+`tools.ToolError`, whose message is the reason a user reads in the job's `error_message`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,12 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from vers_orchestrator.drivers import tools
+from vers_orchestrator.drivers.base import DriverError
 
 # The tag skopeo gives the pulled image inside its layout.
 LAYOUT_TAG = "latest"
@@ -30,7 +32,7 @@ SKOPEO_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 DIGEST_CHUNK = 1 << 20
 
 
-class ImageSourceError(Exception):
+class ImageSourceError(DriverError):
     """The image's files could not be fetched or unpacked; the message says why."""
 
 
@@ -89,7 +91,7 @@ def pull(
     if registry_of(reference) in insecure_registries:
         command.append("--src-tls-verify=false")
     command += [f"docker://{reference}", f"oci:{destination}:{LAYOUT_TAG}"]
-    _run(command, f"pulling {reference}")
+    tools.run(command, f"pulling {reference}", explain=_reason)
     manifest = _manifest_descriptor(destination)
     return FetchedImage("oci", destination, str(manifest["digest"]))
 
@@ -148,20 +150,22 @@ def unpack(fetched: FetchedImage, work: Path) -> tuple[Path, ImageConfig]:
     and the image's config. Raises ImageSourceError (tar not valid, layer corrupt …)."""
     if fetched.kind == "oci":
         bundle = work / "bundle"
-        _run(
+        tools.run(
             ["umoci", "unpack", "--image", f"{fetched.path}:{LAYOUT_TAG}", str(bundle)],
             "unpacking the image",
+            explain=_reason,
         )
         return bundle / "rootfs", _oci_config(fetched.path)
     tree = work / "rootfs"
     tree.mkdir()
-    _run(
+    tools.run(
         [
             "tar", "-x", "-f", str(fetched.path), "-C", str(tree),
             "--numeric-owner", "--same-owner", "--same-permissions",
             "--xattrs", "--xattrs-include=*", "--no-overwrite-dir",
         ],
         "unpacking the tarball",
+        explain=_reason,
     )  # fmt: skip
     return tree, ImageConfig()
 
@@ -200,19 +204,9 @@ def _oci_config(layout: Path) -> ImageConfig:
     return ImageConfig(env, None if workdir is None else str(workdir))
 
 
-def _run(command: list[str], doing: str) -> None:
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, errors="replace")
-    except OSError as exc:
-        raise ImageSourceError(f"{doing}: cannot run {command[0]}: {exc}") from exc
-    if done.returncode != 0:
-        raise ImageSourceError(f"{doing}: {_reason(done.stderr)}")
-
-
 def _reason(stderr: str) -> str:
     """The tool's own message: skopeo's and umoci's `msg="…"`, tar's last lines."""
     found: list[str] = SKOPEO_MESSAGE.findall(stderr)
     if found:
         return found[-1].replace('\\"', '"').replace("\\\\", "\\")
-    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
-    return "; ".join(lines[-3:]) or "failed without a message"
+    return tools.last_lines(stderr)

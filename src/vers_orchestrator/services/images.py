@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vers_orchestrator.auth import Principal
-from vers_orchestrator.drivers import image_sources
+from vers_orchestrator.drivers import image_sources, tools
 from vers_orchestrator.drivers.base import DriverError, StoredImage, VmDriver
 from vers_orchestrator.drivers.base import ImageInUse as DriverImageInUse
 from vers_orchestrator.errors import (
@@ -237,9 +237,12 @@ class Images:
         )
 
     async def close(self) -> None:
-        """Stop the builds in progress; their jobs are failed at the next start."""
+        """Stop the builds in progress (their programs killed, so no thread outlives the
+        server for long); their jobs are failed at the next start."""
         for task in list(self._builds):
             task.cancel()
+        if self._builds:
+            tools.stop_all()
         await asyncio.gather(*self._builds, return_exceptions=True)
 
     async def wait_for_builds(self) -> None:
@@ -304,7 +307,7 @@ class Images:
                 stored = await self._make(job, fetch)
             await self._complete(job, stored)
             log.info("image %s: built, %d MiB", name, stored.size_mib)
-        except (image_sources.ImageSourceError, DriverError) as exc:
+        except DriverError as exc:
             log.warning("image %s: failed: %s", name, exc)
             await self._fail(job, str(exc))
         except asyncio.CancelledError:

@@ -28,7 +28,6 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -36,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from vers_orchestrator.drivers import tools
 from vers_orchestrator.drivers.base import DriverError, ImageMissing
 from vers_orchestrator.drivers.qemu.images import ImagePaths, load_image
 
@@ -203,15 +203,13 @@ def _base_tree(images_dir: Path, base: ImagePaths) -> Path:
 def _lay_over(tree: Path, merged: Path) -> None:
     command = ["rsync", "-aHAX", "--ignore-existing", "--numeric-ids"]
     command += [f"--exclude={path}" for path in EXCLUDED]
-    done = subprocess.run(
-        [*command, f"{tree}/", f"{merged}/"], capture_output=True, text=True, errors="replace"
-    )
     # 23 and 24: some entries could not be laid over (a directory of the image where the
     # base has a file, a path through an absolute link of the base); the rest is there.
-    if done.returncode in (23, 24) and "No space left" not in done.stderr:
-        return
-    if done.returncode != 0:
-        raise DriverError(f"laying the image over the base: {_last_lines(done.stderr)}")
+    done = tools.run(
+        [*command, f"{tree}/", f"{merged}/"], "laying the image over the base", accept=(0, 23, 24)
+    )
+    if "No space left" in done.stderr:
+        raise DriverError(f"laying the image over the base: {tools.last_lines(done.stderr)}")
 
 
 def _configure(merged: Path, env: dict[str, str], workdir: str | None) -> None:
@@ -253,12 +251,4 @@ def _lock(path: Path) -> Iterator[None]:
 
 
 def _run(command: list[str]) -> str:
-    done = subprocess.run(command, capture_output=True, text=True, errors="replace")
-    if done.returncode != 0:
-        raise DriverError(f"{command[0]} failed: {_last_lines(done.stderr)}")
-    return done.stdout
-
-
-def _last_lines(stderr: str) -> str:
-    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
-    return "; ".join(lines[-3:]) or "no message"
+    return tools.run(command, f"{command[0]} failed").stdout

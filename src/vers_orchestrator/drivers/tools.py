@@ -1,0 +1,81 @@
+"""The external programs image builds run (skopeo, umoci, tar, rsync, mkfs.ext4 …): each
+bounded in time, and all killed at once when the server stops, so that a stop never waits
+for a pull that may take minutes (the threads that wait for them return at once)."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from vers_orchestrator.drivers.base import DriverError
+
+# Long enough for a multi-gigabyte pull on a slow link; a hung registry ends here.
+TIMEOUT_SECONDS = 3600
+
+_running: set[subprocess.Popen[str]] = set()
+_lock = threading.Lock()
+
+
+class ToolError(DriverError):
+    """A program failed; the message is what it was doing and the program's own reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def last_lines(stderr: str) -> str:
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    return "; ".join(lines[-3:]) or "failed without a message"
+
+
+def run(
+    command: list[str],
+    doing: str,
+    *,
+    accept: tuple[int, ...] = (0,),
+    explain: Callable[[str], str] = last_lines,
+    timeout: float = TIMEOUT_SECONDS,
+) -> Finished:
+    """Run `command` (blocking; call it from a thread) and return its output. Raises
+    ToolError "<doing>: <explain(stderr)>" when it exits with a code not in `accept`, cannot
+    start, outlives `timeout` seconds or is stopped by `stop_all`."""
+    try:
+        with _lock:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                errors="replace",
+            )
+            _running.add(process)
+    except OSError as exc:
+        raise ToolError(f"{doing}: cannot run {command[0]}: {exc.strerror or exc}") from exc
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        raise ToolError(f"{doing}: {command[0]} did not finish within {timeout:.0f} s") from None
+    finally:
+        with _lock:
+            _running.discard(process)
+    if process.returncode < 0:
+        raise ToolError(f"{doing}: stopped (the server is stopping)")
+    if process.returncode not in accept:
+        raise ToolError(f"{doing}: {explain(stderr)}")
+    return Finished(process.returncode, stdout, stderr)
+
+
+def stop_all() -> None:
+    """Kill every program `run` is waiting for; their callers get ToolError."""
+    with _lock:
+        for process in _running:
+            process.kill()
