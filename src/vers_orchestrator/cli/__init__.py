@@ -3,65 +3,22 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gc
 import json
-import logging
-import os
 import shutil
 import signal
 import socket
 import sys
 import textwrap
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from vers_orchestrator import __version__, startup
+from vers_orchestrator.cli import images as images_commands
+from vers_orchestrator.cli.common import PROG, configure_logging, error, log, with_database
 from vers_orchestrator.errors import VersError
-from vers_orchestrator.log_format import OneLineFormatter
 from vers_orchestrator.settings import Settings, SettingsError
 from vers_orchestrator.store.database import Database
-
-T = TypeVar("T")
-PROG = "vers-orchestrator"
-log = logging.getLogger("vers_orchestrator")
-
-
-def _configure_logging(settings: Settings) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(OneLineFormatter())
-    logging.basicConfig(level=settings.log_level, handlers=[handler])
-    # Every request writes an access-log line: skip what no line of ours prints (the
-    # caller's source file, thread and process), as the logging HOWTO's "Optimization"
-    # section describes.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    # Alembic narrates every migration step at INFO, uvicorn its start and stop, which our
-    # own lines say (`listening on …`, `stopped`): keep the log about the server.
-    if settings.log_level != "DEBUG":
-        logging.getLogger("alembic").setLevel(logging.WARNING)
-        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    # `serve` says why a start-up failed, in one line of its own.
-    logging.getLogger("uvicorn.error").addFilter(
-        lambda record: record.msg != "Application startup failed. Exiting."
-    )
-
-
-def _with_database(settings: Settings, work: Callable[[Database], Awaitable[T]]) -> T:
-    from vers_orchestrator.store.connect import open_database
-
-    startup.upgrade_database(settings)
-
-    async def run() -> T:
-        db = await open_database(settings)
-        try:
-            return await work(db)
-        finally:
-            await db.close()
-
-    return asyncio.run(run())
 
 
 def _serve(settings: Settings, args: argparse.Namespace) -> int:
@@ -138,7 +95,7 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
 def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
     from vers_orchestrator.services import keys
 
-    created = _with_database(
+    created = with_database(
         settings,
         lambda db: keys.create(
             db,
@@ -178,7 +135,7 @@ def _keys_create(settings: Settings, args: argparse.Namespace) -> int:
 def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
     from vers_orchestrator.services import keys
 
-    found = _with_database(settings, lambda db: keys.list_keys(db, args.org))
+    found = with_database(settings, lambda db: keys.list_keys(db, args.org))
     rows: list[dict[str, Any]] = [
         {
             "api_key_id": key.api_key_id,
@@ -207,7 +164,7 @@ def _keys_list(settings: Settings, args: argparse.Namespace) -> int:
 def _keys_revoke(settings: Settings, args: argparse.Namespace) -> int:
     from vers_orchestrator.services import keys
 
-    _with_database(settings, lambda db: keys.revoke(db, args.key_id))
+    with_database(settings, lambda db: keys.revoke(db, args.key_id))
     print(f"revoked {args.key_id}")
     return 0
 
@@ -217,70 +174,6 @@ def _db_upgrade(settings: Settings, args: argparse.Namespace) -> int:
 
     upgrade(settings)
     print("database is at the newest schema")
-    return 0
-
-
-def _images_build_default(settings: Settings, args: argparse.Namespace) -> int:
-    from vers_orchestrator.console import stage_bar
-    from vers_orchestrator.drivers.qemu.images import (
-        ImageBuildError,
-        build_default_image,
-        ensure_default_image,
-    )
-
-    build = ensure_default_image if args.if_missing else build_default_image
-    try:
-        with stage_bar() as progress:
-            image = build(settings.effective_images_dir, progress)
-    except ImageBuildError as exc:
-        _error(str(exc))
-        return 1
-    print(image.directory)
-    return 0
-
-
-def _images_build(settings: Settings, args: argparse.Namespace) -> int:
-    """The same build as `POST /api/v1/images/create`, run here with a progress bar, for
-    the organization of the key in VERS_API_KEY (as the SDK and the CLI of the hosted
-    service read it)."""
-    from vers_orchestrator.console import stage_bar
-    from vers_orchestrator.drivers import create_driver
-    from vers_orchestrator.services.images import Images
-    from vers_orchestrator.services.keys import Authenticator
-
-    token = os.environ.get("VERS_API_KEY", "").strip()
-    if not token:
-        _error(
-            "set VERS_API_KEY to a key of the organization the image is for"
-            " (`vers-orchestrator keys create --org ORG --user USER --format token`)"
-        )
-        return 2
-
-    async def build(db: Database, progress: Callable[[str], None]) -> tuple[str, int | None]:
-        caller = await Authenticator(db, 0).authenticate(f"Bearer {token}")
-        driver = create_driver(settings)
-        images = Images(db, driver, settings, progress)
-        try:
-            source = {"type": "docker", "image_ref": args.image_ref}
-            await images.create(caller, args.name, source, args.size_mib, None)
-            await images.wait_for_builds()
-            status = await images.status(caller, args.name)
-        finally:
-            await images.close()
-            await driver.close()
-        if status.status != "completed":
-            return status.error_message or status.status, None
-        return "", status.size_mib
-
-    startup.check_data_dir(settings)
-    with startup.data_dir_lock(settings, exclusive=False), stage_bar() as progress:
-        failure, size_mib = _with_database(settings, lambda db: build(db, progress))
-        if size_mib is not None:
-            progress(f"image ready: {args.name}")
-    if size_mib is None:
-        _error(f"building {args.name} failed: {failure}")
-        return 1
-    print(f"{args.name}: {size_mib} MiB; start VMs from it with vm_config.image_name")
     return 0
 
 
@@ -299,7 +192,7 @@ def _vms_stop_all(settings: Settings, args: argparse.Namespace) -> int:
 
     startup.check_data_dir(settings)
     with startup.data_dir_lock(settings, exclusive=True):
-        stopped = _with_database(settings, stop_all)
+        stopped = with_database(settings, stop_all)
     for vm_id in stopped:
         print(f"stopped {vm_id}")
     if stopped:
@@ -432,7 +325,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
         images,
         "build-default",
         "build the default guest image from Debian packages (needs root)",
-        _images_build_default,
+        images_commands.build_default,
         more="It takes about a minute; VMs made before keep the image they have.",
     )
     build_default.add_argument(
@@ -443,8 +336,8 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
     build = commands.add(
         images,
         "build",
-        "build an image from a registry (`python:3.12`, `registry.example.com/team/app:1`)",
-        _images_build,
+        "build an image from a registry (`python:3.12`, `host:5000/team/app:1`)",
+        images_commands.build,
         more="For the organization of the key in VERS_API_KEY, as POST /api/v1/images/create"
         " does; the image's files are laid over the default image's. Registry credentials"
         " and plain-HTTP registries come from VERS_ORCHESTRATOR_REGISTRY_AUTH_FILE and"
@@ -476,25 +369,21 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
     return parser, commands
 
 
-def _error(message: str) -> None:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = Settings.from_env()
     except SettingsError as exc:
-        _error(str(exc))
+        error(str(exc))
         return 2
-    _configure_logging(settings)
+    configure_logging(settings)
     try:
         result: int = args.run(settings, args)
     except startup.StartupError as exc:
-        _error(str(exc))
+        error(str(exc))
         return 2
     except VersError as exc:
-        _error(exc.message)
+        error(exc.message)
         return 1
     return result
 
