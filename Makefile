@@ -44,6 +44,7 @@ bench: install
 	$(BIN)/python bench/registry_bench.py
 	$(BIN)/python bench/driver_bench.py
 	$(BIN)/python bench/guest_bench.py
+	$(BIN)/python bench/image_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
