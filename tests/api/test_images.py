@@ -5,8 +5,10 @@ checked on SQLite and PostgreSQL; VMs boot once, on SQLite."""
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -633,7 +635,20 @@ def test_a_build_cut_short_by_a_stop_is_failed_at_start_up(world: World) -> None
     builds = Path(world.backend.env["VERS_ORCHESTRATOR_DATA_DIR"], "image-builds")
     (builds / "build-cut" / "layout").mkdir(parents=True)
     (builds / "upload-cut.tar").write_bytes(b"half")
-    world.server.start()
+    # A staging folder of a build cut short, and one of another server building now (the
+    # images folder is shared): only the first goes.
+    cut = IMAGES_DIR / "built" / f".{'0' * 64}.partial-cut"
+    building = IMAGES_DIR / "built" / f".{'1' * 64}.partial-building"
+    cut.mkdir()
+    building.mkdir()
+    held = os.open(building, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)
+    try:
+        world.server.start()
+        assert (cut.exists(), building.exists()) == (False, True)
+    finally:
+        os.close(held)
+        building.rmdir()
     assert list(builds.iterdir()) == []
     assert world.built(job.image_name, timeout=0) == {
         "image_name": job.image_name,

@@ -117,6 +117,10 @@ def install(
         return existing
     base_tree = _base_tree(images_dir, base)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=built))
+    # Held while the build runs: servers sharing the images folder (a start-up's clean-up,
+    # `remove_partial_builds`) leave a staging folder alone while it is locked.
+    held = os.open(staging, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    fcntl.flock(held, fcntl.LOCK_EX)
     try:
         merged = staging / "rootfs"
         started = time.monotonic()
@@ -153,6 +157,7 @@ def install(
                 raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        os.close(held)
     image = find(images_dir, key)
     if image is None:
         raise ImageMissing(key)
@@ -170,9 +175,20 @@ def remove(images_dir: Path, key: str) -> None:
 
 
 def remove_partial_builds(images_dir: Path) -> list[str]:
-    """Builds a crash cut short; only safe while no build runs (at start-up)."""
+    """Builds a crash cut short: staging folders no process holds locked (another server
+    sharing the images folder may be building in one)."""
     removed = []
     for partial in (images_dir / "built").glob(".*.partial-*"):
+        try:
+            held = os.open(partial, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            continue  # gone meanwhile
+        try:
+            fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            continue  # a build in progress
+        finally:
+            os.close(held)
         shutil.rmtree(partial, ignore_errors=True)
         removed.append(f"unfinished image build {partial.name}")
     return removed
