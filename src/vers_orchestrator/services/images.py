@@ -308,11 +308,11 @@ class Images:
                 try:
                     stored = await self._make(job, fetch, work)
                     await self._complete(job, stored)
+                    log.info("image %s: built, %d MiB", name, stored.size_mib)
                 finally:
                     # After the job is complete: the user does not wait for it (measured
                     # at 2 % of a 100 MiB image's build, bench/image_bench.py).
                     await asyncio.to_thread(shutil.rmtree, work, True)
-            log.info("image %s: built, %d MiB", name, stored.size_mib)
         except DriverError as exc:
             log.warning("image %s: failed: %s", name, exc)
             await self._fail(job, str(exc))
