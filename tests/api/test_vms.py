@@ -182,7 +182,6 @@ class TestNewRoot:
             ({"vcpu_count": 0}, "vcpu_count must be between 1 and 64"),
             ({"vcpu_count": 65}, "vcpu_count must be between 1 and 64"),
             ({"mem_size_mib": 64}, "mem_size_mib must be at least 128"),
-            ({"image_name": "ubuntu"}, "unknown image_name 'ubuntu': only 'default' exists"),
             (
                 {"kernel_name": "other.bin"},
                 "unknown kernel_name 'other.bin': only 'default.bin' exists",
@@ -196,6 +195,11 @@ class TestNewRoot:
         response = _send(server, key.token, "POST", "/api/v1/vm/new_root", {"vm_config": config})
         assert response.status_code == 400
         assert response.json() == error(message)
+
+    def test_an_image_the_organization_does_not_have_is_404(self, server: Server, key: Key) -> None:
+        config = {"image_name": unique_name("ubuntu")}
+        response = _send(server, key.token, "POST", "/api/v1/vm/new_root", {"vm_config": config})
+        assert (response.status_code, response.json()) == (404, error("image not found"))
 
     @pytest.mark.parametrize(
         "body",

@@ -18,6 +18,7 @@ COMMANDS = [
     "keys revoke",
     "db upgrade",
     "images build-default",
+    "images build",
     "vms stop-all",
 ]
 
