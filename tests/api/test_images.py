@@ -208,6 +208,20 @@ class TestBuilds:
         assert info["created_at"].endswith("+00:00")
         assert (listed["limit"], listed["offset"]) == (50, 0)
 
+    def test_a_name_with_slashes_is_one_path_segment(self, world: World) -> None:
+        name = f"team/{unique_name('app')}"
+        made = world.create(name, world.docker(f"{world.registry.host}/team/app:1"))
+        assert made.status_code == 201
+        path = f"/api/v1/images/{name.replace('/', '%2F')}/status"
+        with world.client() as client:
+            for _ in range(600):
+                status = client.get(path)
+                if status.json().get("status") != "creating":
+                    break
+                time.sleep(0.2)
+        assert (status.status_code, status.json()["image_name"]) == (200, name)
+        assert status.json()["status"] == "completed"
+
     def test_a_private_registry_with_the_auth_file(self, world: World) -> None:
         name = unique_name("private")
         made = world.create(name, world.docker(f"{world.private.host}/team/app:1"))

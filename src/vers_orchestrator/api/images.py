@@ -145,6 +145,9 @@ async def create_image(
     responses=authenticated_responses({404: "Image not found", 500: "Internal server error"}),
 )
 async def get_image_status(request: AnyRequest, image_name: str) -> BaseImageStatusResponse:
+    # Routing keeps an encoded slash as `%2F` inside its segment (api/paths.py); image names
+    # may hold `/` but never `%`, so this is exactly the name the client encoded.
+    image_name = image_name.replace("%2F", "/")
     found = await runtime_of(request).images.status(principal(request), image_name)
     return BaseImageStatusResponse(
         image_name=found.image_name,
