@@ -134,6 +134,9 @@ def world(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             REGISTRY_AUTH_FILE=str(auth_file),
             MAX_IMAGE_UPLOAD_BYTES=str(UPLOAD_LIMIT),
             MAX_IMAGE_BUILDS="2",
+            # Relative, as `./data` is by default: disk layers must still name images
+            # absolutely (the server runs in this process's working directory).
+            IMAGES_DIR=os.path.relpath(IMAGES_DIR),
         )
         created.env.update(s3.environment())
         server = Server(created, work / "server.log").start()

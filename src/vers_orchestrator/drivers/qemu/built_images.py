@@ -88,7 +88,8 @@ def image_key(source_digest: str, size_mib: int, base: ImagePaths) -> str:
 
 
 def find(images_dir: Path, key: str) -> BuiltImage | None:
-    directory = images_dir / "built" / key
+    """The built image of `key`, its paths absolute (disk layers name them), or None."""
+    directory = (images_dir / "built" / key).resolve()
     try:
         manifest = json.loads((directory / "image.json").read_text())
         base = load_image(Path(manifest["base"]))

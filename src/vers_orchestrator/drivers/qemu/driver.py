@@ -155,7 +155,9 @@ class QemuDriver:
 
     @property
     def _images_dir(self) -> Path:
-        return self._host.config.images_dir
+        # Absolute: a VM's disk layer names its image's file, and qemu-img reads a relative
+        # backing file from the layer's own folder (a relative data dir broke every boot).
+        return self._host.config.images_dir.resolve()
 
     async def image_key(self, source_digest: str, size_mib: int) -> str:
         base = await asyncio.shield(self._default_image())
