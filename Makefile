@@ -20,7 +20,8 @@ $(VENV)/.installed: pyproject.toml scripts/install-system-packages.sh
 # not wait for it inside a request.
 run: install
 	$(BIN)/vers-orchestrator images build-default --if-missing >/dev/null
-	@echo "In another shell, create an API key (README.md, 'A 60-second tour'):"
+	@echo "In another shell, say where the server is and create an API key (README.md, 'A 60-second tour'):"
+	@echo '  export VERS_BASE_URL=http://$(HOST):$(PORT)'
 	@echo '  export VERS_API_KEY=$$($(BIN)/vers-orchestrator keys create --org acme --user alice --format token)'
 	$(BIN)/vers-orchestrator serve --host $(HOST) --port $(PORT)
 

@@ -135,6 +135,7 @@ def test_the_snippets_run_as_written_on_a_first_machine(
     assert '"success":false' not in output.replace(" ", "")
     assert "Traceback" not in output
     assert "same bytes" in output  # the raw upload came back byte for byte
+    assert "hello from my image" in output  # a VM from an uploaded image
     assert "{'vms': [{'vm_id':" in output  # the branch by reference
 
     server.stop()

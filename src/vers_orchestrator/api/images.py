@@ -21,7 +21,12 @@ from litestar.params import Parameter
 
 from vers_orchestrator.api.asgi import RawReceive, RawSend, declared_length
 from vers_orchestrator.api.middleware import RAW
-from vers_orchestrator.api.openapi import BEARER_AUTH, ContractOperation, authenticated_responses
+from vers_orchestrator.api.openapi import (
+    BEARER_AUTH,
+    ContractOperation,
+    ImageUploadOperation,
+    authenticated_responses,
+)
 from vers_orchestrator.api.responses import json_reply
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, AnyRequest, Runtime, principal
 from vers_orchestrator.api.runtime import runtime as runtime_of
@@ -313,7 +318,7 @@ async def _save_multipart(
 @post(
     "/api/v1/images/upload",
     operation_id="upload_image",
-    operation_class=ContractOperation,
+    operation_class=ImageUploadOperation,
     tags=TAGS,
     security=BEARER_AUTH,
     status_code=201,

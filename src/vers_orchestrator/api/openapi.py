@@ -134,3 +134,26 @@ class FilesWriteOperation(ContractOperation):
                 description=f"Create missing parent directories, {raw_only}",
             ),
         ]
+
+
+@dataclass
+class ImageUploadOperation(ContractOperation):
+    """POST /images/upload: the tar of a root filesystem as the multipart part `file` (or
+    `tarball`), or as the whole body; `image_name` and `size_mib` in the query."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        form = Schema(
+            type=OpenAPIType.OBJECT,
+            properties={"file": Schema(type=OpenAPIType.STRING, format="binary")},  # type: ignore[arg-type]
+            required=["file"],
+        )
+        self.request_body = RequestBody(
+            required=True,
+            description="A tar of a whole root filesystem, optionally gzip, xz or zstd"
+            " compressed: as the multipart part `file` (or `tarball`), or as the body",
+            content={
+                "multipart/form-data": OpenAPIMediaType(schema=form),
+                "application/x-tar": _BINARY,
+            },
+        )

@@ -346,7 +346,7 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
     build.add_argument("image_ref", metavar="IMAGE_REF", help="the image's reference")
     build.add_argument("--name", required=True, help="the image's name in the organization")
     build.add_argument(
-        "--size-mib", type=int, default=None, help="free space in MiB beyond the files (256)"
+        "--size-mib", type=int, default=256, help="free space in MiB beyond the files"
     )
 
     vms = commands.add(top, "vms", "VMs on this machine", None).add_subparsers(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 from collections.abc import Callable
 
@@ -65,6 +66,10 @@ def build(settings: Settings, args: argparse.Namespace) -> int:
         return "", status.size_mib
 
     startup.check_data_dir(settings)
+    # The bar says what the build does; the server's INFO lines would only break it up,
+    # and a failure is said once, below.
+    if settings.log_level != "DEBUG":
+        logging.getLogger("vers_orchestrator").setLevel(logging.ERROR)
     with startup.data_dir_lock(settings, exclusive=False), stage_bar() as progress:
         failure, size_mib = with_database(settings, lambda db: build(db, progress))
         if size_mib is not None:

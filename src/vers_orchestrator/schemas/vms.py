@@ -21,7 +21,11 @@ class VmCreateVmConfig(msgspec.Struct, kw_only=True):
     ) = None
     image_name: Annotated[
         str | None,
-        msgspec.Meta(description="The filesystem base image name. Currently, must be 'default'"),
+        msgspec.Meta(
+            description="The filesystem base image: 'default' (the built-in image), or the"
+            " name of an image of the caller's organization (POST /api/v1/images/create or"
+            " /upload)"
+        ),
     ] = None
     kernel_name: Annotated[
         str | None,
