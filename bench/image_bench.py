@@ -52,11 +52,15 @@ from tests.support import IMAGES_DIR, Backend, Server, make_key  # noqa: E402
 
 from vers_orchestrator.drivers.qemu.built_images import (  # noqa: E402
     EXCLUDED,
+    INODE_BYTES,
+    INODES_PER_FREE_MIB,
     METADATA_SHARE,
     MIN_METADATA_MIB,
     MIN_TOTAL_MIB,
+    SPARE_INODES,
+    base_tree_path,
 )
-from vers_orchestrator.drivers.qemu.images import ensure_default_image  # noqa: E402
+from vers_orchestrator.drivers.qemu.images import ensure_default_image, load_image  # noqa: E402
 
 RESULTS = REPO / "bench" / "results" / "images.json"
 SIZE_MIB = 256
@@ -85,7 +89,7 @@ class Bench:
         )
         self.samples: dict[str, list[float]] = {}
         # The tree the server copies with `cp -al`: the resolved default image's extraction.
-        self.base_tree = images / "base-trees" / (images / "default").resolve().name
+        self.base_tree = base_tree_path(images, load_image((images / "default").resolve()))
 
     def record(self, name: str, value: float) -> None:
         self.samples.setdefault(name, []).append(value)
@@ -187,7 +191,7 @@ class Bench:
             # rsync's exit status 23/24 (entries that cannot be laid over) is accepted by
             # the server too; this image has none, so any failure is a real one.
             lay_over += timed(
-                "rsync", "-aHAX", "--ignore-existing", "--numeric-ids",
+                "rsync", "-aHAX", "--sparse", "--ignore-existing", "--numeric-ids",
                 *(f"--exclude={path}" for path in EXCLUDED),
                 f"{bundle}/rootfs/", f"{merged}/",
             )  # fmt: skip
@@ -195,15 +199,20 @@ class Bench:
             content = subprocess.run(
                 ["du", "-sm", str(merged)], capture_output=True, text=True, check=True
             )
+            counted = subprocess.run(
+                ["du", "-s", "--inodes", str(merged)], capture_output=True, text=True, check=True
+            )
             lay_over += time.perf_counter() - started
             content_mib = int(content.stdout.split()[0])
-            # The same total as built_images.install, so both write the same filesystem.
+            # The same sizes as built_images.install, so both write the same filesystem.
+            inodes = int(counted.stdout.split()[0]) + SIZE_MIB * INODES_PER_FREE_MIB + SPARE_INODES
             metadata = max(MIN_METADATA_MIB, int(content_mib * METADATA_SHARE))
+            metadata += -(-inodes * INODE_BYTES // (1024 * 1024))
             total_mib = max(MIN_TOTAL_MIB, content_mib + metadata + SIZE_MIB)
             rootfs = work / "rootfs.ext4"
             ext4 = timed(
-                "mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(merged), str(rootfs),
-                f"{total_mib}M",
+                "mkfs.ext4", "-q", "-F", "-L", "root", "-N", str(inodes), "-d", str(merged),
+                str(rootfs), f"{total_mib}M",
             )  # fmt: skip
             self.record("hand fetch", fetch)
             self.record("hand unpack", unpack)

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import fcntl
 import gzip
+import io
 import json
 import os
 import socket
+import stat
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -326,6 +329,44 @@ class TestFailures:
             "downloading s3://no-such-bucket/x.tar: no such bucket"
         )
 
+    def test_a_tarball_whose_files_would_not_fit(self, world: World) -> None:
+        # 10 KB of archive, 100 GiB of (sparse) file: refused from its listing, before a
+        # byte is written.
+        sparse = world.work / "sparse"
+        (sparse / "opt").mkdir(parents=True)
+        with open(sparse / "opt" / "huge", "wb") as file:
+            file.truncate(100 << 30)
+        tar = world.work / "bomb.tar.gz"
+        subprocess.run(["tar", "--sparse", "-C", str(sparse), "-czf", str(tar), "opt"], check=True)
+        assert tar.stat().st_size < 100_000
+        name = unique_name("bomb")
+        with world.client() as client:
+            sent = client.post(
+                "/api/v1/images/upload", params={"image_name": name}, content=tar.read_bytes()
+            )
+        assert sent.status_code == 201
+        status = world.built(name)
+        assert (status["status"], status["error_message"]) == (
+            "failed",
+            "the tarball holds 102400 MiB of files, more than 65536",
+        )
+
+    def test_many_small_files_have_inodes_enough(self, world: World) -> None:
+        name = unique_name("many")
+        tar = world.work / f"{name}.tar.gz"
+        with tarfile.open(tar, "w:gz") as archive:
+            for number in range(60_000):
+                entry = tarfile.TarInfo(f"app/node_modules/m{number % 300}/f{number}.js")
+                entry.size = 1
+                archive.addfile(entry, io.BytesIO(b"x"))
+        with world.client() as client:
+            sent = client.post(
+                "/api/v1/images/upload", params={"image_name": name}, content=tar.read_bytes()
+            )
+        assert sent.status_code == 201
+        status = world.built(name)
+        assert (status["status"], status["error_message"]) == ("completed", None)
+
     def test_a_corrupt_tarball(self, world: World) -> None:
         name = unique_name("corrupt")
         tar = (world.work / "rootfs.tar.gz").read_bytes()
@@ -336,7 +377,7 @@ class TestFailures:
         assert response.status_code == 201
         status = world.built(name)
         assert status["status"] == "failed"
-        assert status["error_message"].startswith("unpacking the tarball: ")
+        assert status["error_message"].startswith("reading the tarball: ")
         assert "Unexpected EOF" in status["error_message"] or "gzip" in status["error_message"]
 
     def test_a_failed_name_can_be_used_again(self, world: World) -> None:
@@ -400,6 +441,14 @@ class TestValidation:
             "Failed to deserialize the JSON body into the target type: "
         )
 
+    def test_a_description_is_at_most_4096_bytes(self, world: World) -> None:
+        source = world.docker(f"{world.registry.host}/team/app:1")
+        long = world.create(unique_name("d"), source, description="é" * 2049)
+        assert (long.status_code, long.json()) == (
+            400,
+            error("description must be at most 4096 bytes"),
+        )
+
     def test_status_and_delete_of_what_does_not_exist(self, world: World) -> None:
         with pytest.raises(NotFoundError) as missing:
             world.sdk(lambda c: c.get_image_status(unique_name("none")))
@@ -434,6 +483,14 @@ class TestValidation:
             bad_size = client.post(
                 "/api/v1/images/upload", params={"image_name": "ok", "size_mib": "x"}
             )
+            long_size = client.post(
+                "/api/v1/images/upload", params={"image_name": "ok", "size_mib": "9" * 5000}
+            )
+            many_parts = client.post(
+                "/api/v1/images/upload",
+                params={"image_name": unique_name("u")},
+                files=[(f"part{n}", ("x", b"x")) for n in range(1001)],
+            )
         assert (nameless.status_code, nameless.json()) == (
             400,
             error("Failed to deserialize query string: missing field `image_name`"),
@@ -447,8 +504,11 @@ class TestValidation:
             error(f"the upload is larger than {UPLOAD_LIMIT} bytes"),
         )
         assert (bad_name.status_code, bad_name.json()) == (400, error("invalid image name"))
-        assert bad_size.status_code == 400
-        assert bad_size.json()["error"].startswith("Failed to deserialize query string")
+        for refused in (bad_size, long_size):
+            assert refused.status_code == 400
+            assert refused.json()["error"].startswith("Failed to deserialize query string")
+        assert many_parts.status_code == 400
+        assert many_parts.json()["error"].startswith("Failed to read upload: ")
         # Nothing refused is left on disk.
         uploads = world.backend.env["VERS_ORCHESTRATOR_DATA_DIR"]
         assert list(Path(uploads, "image-builds").glob("upload-*")) == []
@@ -572,6 +632,42 @@ class TestVms:
                 ]
             )
             world.sdk(lambda c, vm=vm: c.delete_vm(vm))
+
+    def test_an_image_keeps_the_bases_modes_owners_and_special_bits(self, world: World) -> None:
+        _only_on_sqlite(world)
+        name = unique_name("modes")
+        tar = world.work / f"{name}.tar"
+        with tarfile.open(tar, "w") as archive:
+            # Directories the base has, with other modes and owners; a setuid file.
+            for path, mode, uid in (("etc", 0o777, 1000), ("tmp", 0o700, 1000), ("opt", 0o700, 7)):
+                entry = tarfile.TarInfo(path)
+                entry.type, entry.mode, entry.uid, entry.gid = tarfile.DIRTYPE, mode, uid, uid
+                archive.addfile(entry)
+            program = tarfile.TarInfo("srv/setuid-program")
+            program.mode, program.size = 0o4755, 3
+            archive.addfile(program, io.BytesIO(b"#!\n"))
+        with world.client() as client:
+            sent = client.post(
+                "/api/v1/images/upload", params={"image_name": name}, content=tar.read_bytes()
+            )
+        assert sent.status_code == 201
+        assert world.built(name)["status"] == "completed"
+        # Builds are closed to the host's other users: they hold setuid files.
+        for folder in ("built", "base-trees"):
+            assert stat.S_IMODE((IMAGES_DIR / folder).stat().st_mode) == 0o700
+        vm = world.sdk(
+            lambda c: c.create_new_root_vm(
+                {"vm_config": {**ROOT_CONFIG, "image_name": name}},
+                CreateNewRootVmParams(wait_boot=True),
+            )
+        )["vm_id"]
+        script = "stat -c '%n %a %u' /etc /tmp /opt /usr/bin/su /usr/bin/passwd /srv/setuid-program"
+        result = world.sdk(lambda c: c.exec_vm(vm, {"command": ["sh", "-c", script]}))
+        assert result["stdout"] == (
+            "/etc 755 0\n/tmp 1777 0\n/opt 755 0\n/usr/bin/su 4755 0\n"
+            "/usr/bin/passwd 4755 0\n/srv/setuid-program 4755 0\n"
+        ), result
+        world.sdk(lambda c: c.delete_vm(vm))
 
     def test_an_image_in_use_by_a_vm_or_a_commit_is_not_deleted(self, world: World) -> None:
         _only_on_sqlite(world)

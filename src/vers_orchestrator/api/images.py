@@ -180,8 +180,8 @@ async def get_image_status(request: AnyRequest, image_name: str) -> BaseImageSta
     ),
 )
 async def delete_image(request: AnyRequest, base_image_id: str) -> DeleteBaseImageResponse:
-    deleted = await runtime_of(request).images.delete(principal(request), base_image_id)
-    return DeleteBaseImageResponse(deleted=deleted, base_image_id=base_image_id)
+    deleted, canonical = await runtime_of(request).images.delete(principal(request), base_image_id)
+    return DeleteBaseImageResponse(deleted=deleted, base_image_id=canonical)
 
 
 class UploadRoute:
@@ -235,8 +235,13 @@ def _upload_query(query_string: bytes) -> tuple[str, int | None]:
     if not names:
         raise InvalidQuery("missing field `image_name`")
     sizes = query.get("size_mib")
-    # The middleware has checked that size_mib, if given, is an integer.
-    return names[-1], None if not sizes else int(sizes[-1])
+    if not sizes:
+        return names[-1], None
+    # The middleware has checked that size_mib is an integer; not that it is a short one.
+    try:
+        return names[-1], int(sizes[-1])
+    except ValueError:
+        raise InvalidQuery("size_mib: invalid digit found in string") from None
 
 
 async def _body(receive: RawReceive) -> AsyncIterator[bytes]:
@@ -290,13 +295,18 @@ async def _save(chunks: AsyncIterator[bytes], path: Path, limit: int) -> None:
 async def _save_multipart(
     chunks: AsyncIterator[bytes], boundary: str, path: Path, limit: int
 ) -> None:
-    """The first part named `file` or `tarball` into `path`; the other parts are skipped."""
+    """The first part named `file` or `tarball` into `path`; the other parts are skipped
+    (but count against `limit`, as the whole body does)."""
     parser = multipart.PushMultipartParser(boundary, max_segment_count=1000)
     found = saving = done = False
+    received = 0
     with open(path, "wb") as file:  # noqa: ASYNC230 (an empty file just made)
         out = _File(file, limit)
         try:
             async for chunk in chunks:
+                received += len(chunk)
+                if received > limit:
+                    raise PayloadTooLarge(f"the upload is larger than {limit} bytes")
                 for event in parser.parse(chunk):
                     if isinstance(event, multipart.MultipartSegment):
                         saving = not found and event.name in UPLOAD_FIELDS
@@ -308,7 +318,7 @@ async def _save_multipart(
                         await out.write(event)
             for _ in parser.parse(b""):
                 pass
-        except multipart.ParserError as exc:
+        except multipart.MultipartError as exc:  # malformed, or past the parser's limits
             raise BadRequest(f"Failed to read upload: {exc}") from None
         await out.flush()
     if not done:

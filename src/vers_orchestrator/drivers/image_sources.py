@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +29,12 @@ LAYOUT_TAG = "latest"
 # The parts of a reference: [registry[:port]/]path[:tag][@digest] (distribution's grammar,
 # loosely: skopeo checks the rest and its message is passed on).
 REFERENCE = re.compile(r"^[a-z0-9][a-z0-9._:/@+-]*$", re.IGNORECASE)
+# What a tarball may unpack to: the hosted service's largest filesystem (§4).
+MAX_UNPACKED_BYTES = 65536 << 20
+COPIES_WHILE_BUILDING = 3
+# Left free for the database, VM layers and everything else on the disk.
+RESERVED_DISK_BYTES = 1 << 30
+RESERVED_INODES = 100_000
 SKOPEO_MESSAGE = re.compile(r'msg="((?:[^"\\]|\\.)*)"')
 DIGEST_CHUNK = 1 << 20
 
@@ -156,6 +163,7 @@ def unpack(fetched: FetchedImage, work: Path) -> tuple[Path, ImageConfig]:
             explain=_reason,
         )
         return bundle / "rootfs", _oci_config(fetched.path)
+    check_room(fetched.path, work)
     tree = work / "rootfs"
     tree.mkdir()
     tools.run(
@@ -168,6 +176,43 @@ def unpack(fetched: FetchedImage, work: Path) -> tuple[Path, ImageConfig]:
         explain=_reason,
     )  # fmt: skip
     return tree, ImageConfig()
+
+
+def check_room(tarball: Path, work: Path) -> None:
+    """Refuse a tarball whose files would not fit: a 4 MB gzip can hold 4 GB of zeros and a
+    700 KB xz a million files, and a build holds its files about three times at once
+    (unpacked, laid over the base, in the filesystem). Reads the archive's listing
+    (`tar -tv`, which decompresses but writes nothing). Raises ImageSourceError."""
+    listing = tools.run(
+        ["tar", "-t", "-v", "--numeric-owner", "-f", str(tarball)],
+        "reading the tarball",
+        explain=_reason,
+    ).stdout
+    files = 0
+    size = 0
+    for line in listing.splitlines():
+        fields = line.split(None, 3)
+        files += 1
+        if len(fields) >= 3 and fields[2].isdigit():
+            size += int(fields[2])
+    if size > MAX_UNPACKED_BYTES:
+        raise ImageSourceError(
+            f"the tarball holds {size >> 20} MiB of files, more than {MAX_UNPACKED_BYTES >> 20}"
+        )
+    room = os.statvfs(work)
+    free = room.f_bavail * room.f_frsize
+    if size * COPIES_WHILE_BUILDING + RESERVED_DISK_BYTES > free:
+        raise ImageSourceError(
+            f"no space left on the server for this image: its {size >> 20} MiB of files need"
+            f" about {(size * COPIES_WHILE_BUILDING + RESERVED_DISK_BYTES) >> 20} MiB free,"
+            f" {free >> 20} MiB are"
+        )
+    if files * COPIES_WHILE_BUILDING + RESERVED_INODES > room.f_favail:
+        raise ImageSourceError(
+            f"no space left on the server for this image: its {files} files need about"
+            f" {files * COPIES_WHILE_BUILDING + RESERVED_INODES} free inodes,"
+            f" {room.f_favail} are"
+        )
 
 
 def _manifest_descriptor(layout: Path) -> dict[str, object]:
@@ -206,6 +251,8 @@ def _oci_config(layout: Path) -> ImageConfig:
 
 def _reason(stderr: str) -> str:
     """The tool's own message: skopeo's and umoci's `msg="…"`, tar's last lines."""
+    if "No space left" in stderr or "Wrote only" in stderr:
+        return f"no space left on the server's disk ({tools.last_lines(stderr)})"
     found: list[str] = SKOPEO_MESSAGE.findall(stderr)
     if found:
         return found[-1].replace('\\"', '"').replace("\\\\", "\\")

@@ -4,6 +4,8 @@ for a pull that may take minutes (the threads that wait for them return at once)
 
 from __future__ import annotations
 
+import ctypes
+import signal
 import subprocess
 import threading
 from collections.abc import Callable
@@ -13,6 +15,7 @@ from vers_orchestrator.drivers.base import DriverError
 
 # Long enough for a multi-gigabyte pull on a slow link; a hung registry ends here.
 TIMEOUT_SECONDS = 3600
+PR_SET_PDEATHSIG = 1
 
 _running: set[subprocess.Popen[str]] = set()
 _lock = threading.Lock()
@@ -49,6 +52,7 @@ def run(
         with _lock:
             process = subprocess.Popen(
                 command,
+                preexec_fn=_die_with_parent,
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -72,6 +76,13 @@ def run(
     if process.returncode not in accept:
         raise ToolError(f"{doing}: {explain(stderr)}")
     return Finished(process.returncode, stdout, stderr)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: killed when the server dies, even by SIGKILL, instead of
+    pulling on into a folder the next start removes (PR_SET_PDEATHSIG)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def stop_all() -> None:

@@ -36,6 +36,7 @@ from vers_orchestrator.errors import (
     ImageInUse,
     ImageNotFound,
     InvalidBaseImageId,
+    InvalidField,
     InvalidImageName,
     InvalidImageSize,
 )
@@ -51,6 +52,8 @@ MAX_NAME_BYTES = 128
 # What the hosted service's nodes accept in `<key>/<name>` (§4): checked here, at once.
 NAME_CHARACTERS = re.compile(r"[A-Za-z0-9._/-]+")
 MAX_EXTRA_MIB = 32768
+# Listed with every image: a list of 50 must stay small.
+MAX_DESCRIPTION_BYTES = 4096
 CREATE_DEFAULT_EXTRA_MIB = 256
 UPLOAD_DEFAULT_EXTRA_MIB = 512
 INTERRUPTED = "the server stopped during the build; create the image again"
@@ -117,6 +120,8 @@ class Images:
         extra = CREATE_DEFAULT_EXTRA_MIB if size_mib is None else size_mib
         check_name(image_name)
         check_extra_size(extra)
+        if description is not None and len(description.encode()) > MAX_DESCRIPTION_BYTES:
+            raise InvalidField(f"description must be at most {MAX_DESCRIPTION_BYTES} bytes")
         if source["type"] == "docker":
             reference = source["image_ref"]
             fetch: Fetch = lambda work: self._pull(reference, work)  # noqa: E731
@@ -180,8 +185,9 @@ class Images:
 
         return await self._db.read(find)
 
-    async def delete(self, principal: Principal, base_image_id: str) -> bool:
-        """Remove the image and, when no other image shares them, its files. Raises
+    async def delete(self, principal: Principal, base_image_id: str) -> tuple[bool, str]:
+        """Remove the image and, when no other image shares them, its files; returns whether
+        a row went and the id in canonical form. Raises
         InvalidBaseImageId (400), ImageNotFound (404; another organization's too), ImageInUse
         (409) while a VM or commit is made from it."""
         try:
@@ -202,7 +208,8 @@ class Images:
                 await self._driver.delete_image(image.storage_key)
             except DriverImageInUse:
                 raise ImageInUse() from None
-        return await self._db.write(lambda tx: image_store.delete_image(tx, base_image_id))
+        deleted = await self._db.write(lambda tx: image_store.delete_image(tx, base_image_id))
+        return deleted, base_image_id
 
     async def resolve(self, principal: Principal, image_name: str) -> StoredImage | None:
         """The stored image `new_root` boots for `image_name`: None for "default", else the

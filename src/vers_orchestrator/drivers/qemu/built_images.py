@@ -28,6 +28,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -40,8 +41,10 @@ from vers_orchestrator.drivers import tools
 from vers_orchestrator.drivers.base import DriverError, ImageMissing
 from vers_orchestrator.drivers.qemu.images import ImagePaths, load_image
 
-# Bumped when what a built image holds changes; part of every key.
-BUILD_RECIPE = 1
+# Bumped when what a built image holds changes; part of every key and of the base tree's
+# folder name. 2: setuid/setgid/sticky bits of the base kept, directories keep the base's
+# modes, inodes counted.
+BUILD_RECIPE = 2
 # The hosted service's floor and ceiling of a filesystem's total size (§4).
 MIN_TOTAL_MIB = 256
 MAX_TOTAL_MIB = 65536
@@ -54,8 +57,21 @@ MIN_METADATA_MIB = 32
 EXCLUDED = (
     "/proc/*", "/sys/*", "/dev/*", "/run/*",
     "/.dockerenv", "/etc/hostname", "/etc/hosts", "/etc/resolv.conf", "/etc/fstab",
-    "/sbin/init", "/sbin/vminit*", "/usr/lib/vers-agent", "/etc/vers-agent", "/etc/environment",
+    "/sbin/init", "/sbin/vminit*", "/usr/sbin/vminit*", "/usr/lib/vers-agent",
+    "/lib/vers-agent", "/etc/vers-agent", "/etc/environment",
 )  # fmt: skip
+# An image's ENV is cut here (the agent reads the first MiB of /etc/environment, and the
+# user's variables come after it): values over MAX_ENV_VALUE and what passes MAX_ENV_TOTAL
+# are left out.
+MAX_ENV_VALUE = 128 * 1024
+MAX_ENV_TOTAL = 256 * 1024
+# What ends a line for some reader of /etc/environment (as services/env_vars.py refuses).
+LINE_BREAKS = frozenset("\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029\0")
+# Inodes: the files', one per 16 KiB of the free space asked for (mke2fs's own ratio), and
+# room; each costs 256 bytes of inode table, counted in the size.
+INODES_PER_FREE_MIB = 64
+SPARE_INODES = 16384
+INODE_BYTES = 256
 ENV_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 # Read by vers-agent at every exec that names no working directory (issue 12).
 WORKDIR_FILE = "etc/vers-agent/workdir"
@@ -112,8 +128,7 @@ def install(
     """Lay `tree` over `base`'s files, add `env` to /etc/environment and `workdir` for
     vers-agent, and write an ext4 of the content plus `size_mib` MiB under `key`. Blocking.
     Raises ImageTooLarge, DriverError (no space left, a tool failed)."""
-    built = images_dir / "built"
-    built.mkdir(parents=True, exist_ok=True)
+    built = _private_folder(images_dir / "built")
     existing = find(images_dir, key)
     if existing is not None:
         return existing
@@ -130,18 +145,30 @@ def install(
         # writes into a file that exists, so the shared tree stays as extracted.
         _run(["cp", "-al", str(base_tree), str(merged)])
         _lay_over(tree, merged)
+        _keep_base_directories(base_tree, merged)
         _configure(merged, env, workdir)
         laid = time.monotonic()
         content_mib = int(_run(["du", "-sm", str(merged)]).split()[0])
+        entries = int(_run(["du", "-s", "--inodes", str(merged)]).split()[0])
+        inodes = entries + size_mib * INODES_PER_FREE_MIB + SPARE_INODES
         metadata = max(MIN_METADATA_MIB, int(content_mib * METADATA_SHARE))
+        metadata += -(-inodes * INODE_BYTES // (1024 * 1024))
         total = max(MIN_TOTAL_MIB, content_mib + metadata + size_mib)
         if total > MAX_TOTAL_MIB:
             raise ImageTooLarge(total)
-        progress(f"filesystem: ext4 of {total} MiB ({content_mib} MiB of files)")
+        progress(f"filesystem: ext4 of {total} MiB ({content_mib} MiB in {entries} files)")
         rootfs = staging / "rootfs.ext4"
-        _run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(merged), str(rootfs), f"{total}M"])
+        _run(
+            [
+                "mkfs.ext4", "-q", "-F", "-L", "root", "-N", str(inodes),
+                "-d", str(merged), str(rootfs), f"{total}M",
+            ]
+        )  # fmt: skip
         # Removed beside the rest of the build, not before it ends (about 0.1 s of a
-        # 100 MiB image's 2 s, bench/image_bench.py); a crash leaves it to start-up.
+        # 100 MiB image's 2 s, bench/image_bench.py); a crash leaves it to start-up. Its
+        # root is closed first: the image's setuid files and device nodes must never be
+        # reachable by the host's other users, outside the 0700 staging folder.
+        os.chmod(merged, 0o700)
         trash = built / f".{key}.partial-trash-{os.getpid()}-{time.monotonic_ns()}"
         merged.rename(trash)
         threading.Thread(target=shutil.rmtree, args=(trash, True), daemon=True).start()
@@ -200,30 +227,87 @@ def remove_partial_builds(images_dir: Path) -> list[str]:
     return removed
 
 
+def base_tree_path(images_dir: Path, base: ImagePaths) -> Path:
+    """Where the files of `base` are kept extracted for builds."""
+    return images_dir / "base-trees" / f"{base.directory.name}.{BUILD_RECIPE}"
+
+
 def _base_tree(images_dir: Path, base: ImagePaths) -> Path:
     """The default image's files as a directory, extracted once (`debugfs rdump` keeps
     owners and modes, no mount needed)."""
-    trees = images_dir / "base-trees"
-    tree = trees / base.directory.name
+    trees = _private_folder(images_dir / "base-trees")
+    tree = base_tree_path(images_dir, base)
     if tree.exists():
         return tree
-    trees.mkdir(parents=True, exist_ok=True)
     with _lock(trees / ".lock"):
         if tree.exists():
             return tree
-        for stale in trees.glob(".*.partial"):
+        # Unfinished extractions, and this default image's trees of older recipes.
+        for stale in [*trees.glob(".*.partial"), *trees.glob(f"{base.directory.name}*")]:
             shutil.rmtree(stale, ignore_errors=True)
         staging = trees / f".{tree.name}.partial"
         staging.mkdir()
         _run(["debugfs", "-R", f"rdump / {staging}", str(base.rootfs)])
+        _restore_special_bits(staging, base.rootfs)
         # rdump makes a `lost+found` like any other directory; mkfs makes its own.
         shutil.rmtree(staging / "lost+found", ignore_errors=True)
         staging.rename(tree)
     return tree
 
 
+def _restore_special_bits(tree: Path, rootfs: Path) -> None:
+    """rdump drops setuid, setgid and sticky bits (su and passwd lose setuid, /tmp its
+    sticky bit): read every directory's listing from the ext4 in one debugfs run and put
+    those bits back."""
+    directories = ["/"]
+    for root, names, _ in os.walk(tree):
+        relative = os.path.relpath(root, tree)
+        directories += [os.path.normpath(f"/{relative}/{name}") for name in names]
+    commands = "".join(f'ls -p "{directory}"\n' for directory in directories)
+    with tempfile.NamedTemporaryFile("w", suffix=".debugfs") as script:
+        script.write(commands)
+        script.flush()
+        listing = _run(["debugfs", "-f", script.name, str(rootfs)])
+    current = None
+    for line in listing.splitlines():
+        if line.startswith("debugfs: ls -p "):
+            current = line[len('debugfs: ls -p "') : -1]
+            continue
+        fields = line.split("/")
+        if current is None or len(fields) < 7 or fields[5] in (".", ".."):
+            continue
+        mode = int(fields[2], 8)
+        if mode & 0o7000 and not stat.S_ISLNK(mode):
+            os.chmod(tree / current.lstrip("/") / fields[5], stat.S_IMODE(mode))
+
+
+def _keep_base_directories(base_tree: Path, merged: Path) -> None:
+    """rsync gives a directory both have the image's mode and owner (an image's /etc 0777
+    and uid 1000, /tmp without its sticky bit): the base's are put back."""
+    for root, names, _ in os.walk(base_tree):
+        for name in [".", *names]:
+            source = os.path.join(root, name)
+            target = merged / os.path.relpath(source, base_tree)
+            try:
+                if not stat.S_ISDIR(os.lstat(target).st_mode):
+                    continue
+                status = os.lstat(source)
+                os.chown(target, status.st_uid, status.st_gid, follow_symlinks=False)
+                os.chmod(target, stat.S_IMODE(status.st_mode))
+            except FileNotFoundError:
+                continue
+
+
+def _private_folder(path: Path) -> Path:
+    """A folder only its owner may enter: images hold setuid files and device nodes."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
 def _lay_over(tree: Path, merged: Path) -> None:
-    command = ["rsync", "-aHAX", "--ignore-existing", "--numeric-ids"]
+    # --sparse: an image's sparse file (a 10 KB tar can hold a 2 GB hole) stays sparse.
+    command = ["rsync", "-aHAX", "--sparse", "--ignore-existing", "--numeric-ids"]
     command += [f"--exclude={path}" for path in EXCLUDED]
     # 23 and 24: some entries could not be laid over (a directory of the image where the
     # base has a file, a path through an absolute link of the base); the rest is there.
@@ -244,11 +328,15 @@ def _configure(merged: Path, env: dict[str, str], workdir: str | None) -> None:
         except FileNotFoundError:
             lines = []
         # Keys that are not variable names, values with a line break: not writable there.
-        usable = {
-            key: value
-            for key, value in env.items()
-            if ENV_KEY.fullmatch(key) and not set(value) & {"\n", "\r", "\0"}
-        }
+        usable: dict[str, str] = {}
+        room = MAX_ENV_TOTAL
+        for key, value in env.items():
+            length = len(value.encode())
+            size = len(key) + length + 2
+            writable = ENV_KEY.fullmatch(key) and LINE_BREAKS.isdisjoint(value)
+            if writable and length <= MAX_ENV_VALUE and size <= room:
+                usable[key] = value
+                room -= size
         kept = [line for line in lines if line and line.split("=", 1)[0] not in usable]
         _replace(path, "\n".join([*kept, *(f"{k}={v}" for k, v in usable.items())]) + "\n")
     if workdir and workdir.startswith("/") and not set(workdir) & {"\n", "\r", "\0"}:

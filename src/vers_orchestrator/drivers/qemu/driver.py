@@ -187,22 +187,28 @@ class QemuDriver:
         return StoredImage(key, stored.rootfs_mib)
 
     async def delete_image(self, key: str) -> None:
-        layout = self._host.layout
         async with self._user_images:
             stored = await asyncio.to_thread(built_images.find, self._images_dir, key)
             if stored is None:
                 return
-            # Commits being written list their chain too (`.<id>.partial/commit.json`).
-            records = [
-                *layout.vms.glob("*/vm.json"),
-                *layout.commits.glob("*/commit.json"),
-                *layout.commits.glob(".*.partial/commit.json"),
-            ]
-            for path in records:
-                with contextlib.suppress(FileNotFoundError):
-                    if read_json(path)["disk_chain"][0] == str(stored.rootfs):
-                        raise ImageInUse()
+            # Thousands of records: read in a thread, not on the loop.
+            if await asyncio.to_thread(self._lists_image, str(stored.rootfs)):
+                raise ImageInUse()
             await asyncio.to_thread(built_images.remove, self._images_dir, key)
+
+    def _lists_image(self, rootfs: str) -> bool:
+        """Whether a VM's or commit's disk chain (one being written too) starts at `rootfs`."""
+        layout = self._host.layout
+        records = [
+            *layout.vms.glob("*/vm.json"),
+            *layout.commits.glob("*/commit.json"),
+            *layout.commits.glob(".*.partial/commit.json"),
+        ]
+        for path in records:
+            with contextlib.suppress(FileNotFoundError):
+                if read_json(path)["disk_chain"][0] == rootfs:
+                    return True
+        return False
 
     def _new_root_record(
         self, vm_id: str, spec: VmSpec, image: ImagePaths, rootfs: Path, initrd: Path
