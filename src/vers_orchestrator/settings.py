@@ -72,6 +72,9 @@ class Settings:
     registry_auth_file: Path | None = None
     insecure_registries: frozenset[str] = frozenset()
     s3_endpoint_url: str | None = None
+    # Buckets images may come from; empty: any the server's credentials can read (then
+    # every key holder can read those buckets through an image).
+    s3_buckets: frozenset[str] = frozenset()
     max_image_builds: int = 1
     max_image_upload_bytes: int = 1024 * 1024 * 1024
 
@@ -131,6 +134,11 @@ class Settings:
                     if host.strip()
                 ),
                 s3_endpoint_url=get("S3_ENDPOINT_URL"),
+                s3_buckets=frozenset(
+                    bucket.strip()
+                    for bucket in (get("S3_BUCKETS") or "").split(",")
+                    if bucket.strip()
+                ),
                 max_image_builds=_positive("MAX_IMAGE_BUILDS", get("MAX_IMAGE_BUILDS"), 1),
                 max_image_upload_bytes=int(
                     get("MAX_IMAGE_UPLOAD_BYTES") or defaults.max_image_upload_bytes

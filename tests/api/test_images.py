@@ -137,6 +137,7 @@ def world(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
             REGISTRY_AUTH_FILE=str(auth_file),
             MAX_IMAGE_UPLOAD_BYTES=str(UPLOAD_LIMIT),
             MAX_IMAGE_BUILDS="2",
+            S3_BUCKETS="images,no-such-bucket",
             # Relative, as `./data` is by default: disk layers must still name images
             # absolutely (the server runs in this process's working directory).
             IMAGES_DIR=os.path.relpath(IMAGES_DIR),
@@ -366,6 +367,14 @@ class TestFailures:
         assert sent.status_code == 201
         status = world.built(name)
         assert (status["status"], status["error_message"]) == ("completed", None)
+
+    def test_only_the_servers_buckets(self, world: World) -> None:
+        source = {"type": "s3", "bucket": "someone-elses", "key": "rootfs.tar.gz"}
+        refused = world.create(unique_name("s3"), source)
+        assert (refused.status_code, refused.json()) == (
+            400,
+            error("bucket 'someone-elses' is not one this server builds images from"),
+        )
 
     def test_a_corrupt_tarball(self, world: World) -> None:
         name = unique_name("corrupt")

@@ -116,7 +116,8 @@ class Images:
     ) -> Job:
         """Start building from `source` ({"type": "docker", "image_ref"} or {"type": "s3",
         "bucket", "key"}); returns the job, `creating`. Raises InvalidImageName,
-        InvalidImageSize, ImageAlreadyExists (an image or an unfinished job of the name)."""
+        InvalidImageSize, InvalidField (description too long, a bucket outside
+        `s3_buckets`), ImageAlreadyExists (an image or an unfinished job of the name)."""
         extra = CREATE_DEFAULT_EXTRA_MIB if size_mib is None else size_mib
         check_name(image_name)
         check_extra_size(extra)
@@ -127,6 +128,9 @@ class Images:
             fetch: Fetch = lambda work: self._pull(reference, work)  # noqa: E731
         else:
             bucket, key = source["bucket"], source["key"]
+            allowed = self._settings.s3_buckets
+            if allowed and bucket not in allowed:
+                raise InvalidField(f"bucket '{bucket}' is not one this server builds images from")
             fetch = lambda work: self._download(bucket, key, work)  # noqa: E731
         job = await self._start(principal, image_name, source, extra, description)
         self._schedule(job, fetch)
