@@ -20,6 +20,7 @@ from vers_orchestrator.api import (
     commit_tags,
     commits,
     docs,
+    domains,
     env_vars,
     identity,
     images,
@@ -39,6 +40,7 @@ from vers_orchestrator.api.responses import JsonResponse
 from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
 from vers_orchestrator.drivers import create_driver
 from vers_orchestrator.services import idempotency
+from vers_orchestrator.services.domains import Domains
 from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.keys import Authenticator
 from vers_orchestrator.services.vms import Vms
@@ -94,6 +96,7 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             authenticator=authenticator,
             vms=vm_service,
             images=image_service,
+            domains=Domains(db, settings.domain_check),
         )
         tasks = [
             asyncio.create_task(
@@ -140,6 +143,10 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             env_vars.list_env_vars,
             env_vars.set_env_vars,
             env_vars.delete_env_var,
+            domains.list_domains,
+            domains.create_domain,
+            domains.get_domain,
+            domains.delete_domain,
             images.list_images,
             images.create_image,
             images.get_image_status,

@@ -76,6 +76,9 @@ class Settings:
     # every key holder can read those buckets through an image).
     s3_buckets: frozenset[str] = frozenset()
     max_image_builds: int = 1
+    # Custom domains must answer the hosted service's DNS-readiness check before they are
+    # made (reserved test names never are); off for private deployments (issue 13).
+    domain_check: bool = True
     max_image_upload_bytes: int = 1024 * 1024 * 1024
 
     @classmethod
@@ -139,6 +142,7 @@ class Settings:
                     for bucket in (get("S3_BUCKETS") or "").split(",")
                     if bucket.strip()
                 ),
+                domain_check=_flag("DOMAIN_CHECK", get("DOMAIN_CHECK")),
                 max_image_builds=_positive("MAX_IMAGE_BUILDS", get("MAX_IMAGE_BUILDS"), 1),
                 max_image_upload_bytes=int(
                     get("MAX_IMAGE_UPLOAD_BYTES") or defaults.max_image_upload_bytes

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request
 
 from vers_orchestrator.auth import Principal
+from vers_orchestrator.services.domains import Domains
 from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.keys import Authenticator
 from vers_orchestrator.services.vms import Vms
@@ -24,6 +25,7 @@ class Runtime:
     authenticator: Authenticator
     vms: Vms
     images: Images
+    domains: Domains
 
 
 @dataclass(slots=True)

@@ -321,3 +321,19 @@ sa.Index(
     base_image_jobs.c.image_name,
     base_image_jobs.c.created_at,
 )
+
+# Custom domains (issue 13): names are unique across the server, stored lowercased. A
+# domain lives as long as its VM: the VM's end removes it (store/vms.set_state).
+domains = sa.Table(
+    "domains",
+    metadata,
+    sa.Column("domain_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    sa.Column("vm_id", Id, sa.ForeignKey("vms.vm_id"), nullable=False),
+    sa.Column("domain", sa.Text(), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("domain", name="unique_domain"),
+)
+sa.Index("ix_domains_vm", domains.c.vm_id)
+sa.Index("ix_domains_org_created", domains.c.org_id, domains.c.created_at)
