@@ -131,17 +131,9 @@ class Settings:
                 max_vm_disk_mib=int(get("MAX_VM_DISK_MIB") or defaults.max_vm_disk_mib),
                 direct_handler_calls=_flag("DIRECT_HANDLER_CALLS", get("DIRECT_HANDLER_CALLS")),
                 registry_auth_file=_optional_path(get("REGISTRY_AUTH_FILE")),
-                insecure_registries=frozenset(
-                    host.strip()
-                    for host in (get("INSECURE_REGISTRIES") or "").split(",")
-                    if host.strip()
-                ),
+                insecure_registries=_comma_separated(get("INSECURE_REGISTRIES")),
                 s3_endpoint_url=get("S3_ENDPOINT_URL"),
-                s3_buckets=frozenset(
-                    bucket.strip()
-                    for bucket in (get("S3_BUCKETS") or "").split(",")
-                    if bucket.strip()
-                ),
+                s3_buckets=_comma_separated(get("S3_BUCKETS")),
                 domain_check=_flag("DOMAIN_CHECK", get("DOMAIN_CHECK")),
                 max_image_builds=_positive("MAX_IMAGE_BUILDS", get("MAX_IMAGE_BUILDS"), 1),
                 max_image_upload_bytes=int(
@@ -229,6 +221,10 @@ def _flag(name: str, value: str | None, default: bool = True) -> bool:
     if value.lower() in ("0", "false", "no", "off"):
         return False
     raise ValueError(f"{ENV_PREFIX}{name} must be true or false")
+
+
+def _comma_separated(value: str | None) -> frozenset[str]:
+    return frozenset(item.strip() for item in (value or "").split(",") if item.strip())
 
 
 def _positive(name: str, value: str | None, default: int) -> int:

@@ -7,7 +7,7 @@ Litestar types ASGI messages as TypedDict unions that mypy cannot narrow by thei
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from vers_orchestrator.errors import BodyIncomplete, PayloadTooLarge
@@ -42,6 +42,20 @@ async def read_body(receive: RawReceive, limit: int) -> bytes:
         if not message.get("more_body", False):
             break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def body_chunks(receive: RawReceive) -> AsyncIterator[bytes]:
+    """The request body as it comes, for routes that stream it to disk or a guest;
+    `BodyIncomplete` when the connection ends first."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise BodyIncomplete()
+        chunk = message.get("body", b"")
+        if chunk:
+            yield chunk
+        if not message.get("more_body", False):
+            return
 
 
 def replay(body: bytes, receive: RawReceive) -> RawReceive:

@@ -19,7 +19,8 @@ import multipart
 from litestar import delete, get, post
 from litestar.params import Parameter
 
-from vers_orchestrator.api.asgi import RawReceive, RawSend, declared_length
+from vers_orchestrator.api.asgi import RawReceive, RawSend, body_chunks, declared_length
+from vers_orchestrator.api.commits import Limit, Offset
 from vers_orchestrator.api.middleware import RAW
 from vers_orchestrator.api.openapi import (
     BEARER_AUTH,
@@ -32,7 +33,6 @@ from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, AnyRequest, 
 from vers_orchestrator.api.runtime import runtime as runtime_of
 from vers_orchestrator.errors import (
     BadRequest,
-    BodyIncomplete,
     InvalidQuery,
     PayloadTooLarge,
     UploadNotUnderstood,
@@ -52,10 +52,7 @@ from vers_orchestrator.services import images as image_service
 from vers_orchestrator.store.images import Image
 
 TAGS = ["images"]
-_INT64 = {"ge": -(2**63), "le": 2**63 - 1}
 _INT32 = {"ge": -(2**31), "le": 2**31 - 1}
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 100
 # Written to disk in pieces of about this size, each in a thread.
 WRITE_BUFFER = 1024 * 1024
 UPLOAD_FIELDS = ("file", "tarball")
@@ -65,10 +62,6 @@ HOW_TO_UPLOAD = (
     " body whose part 'file' (or 'tarball') holds the tar, or with the tar itself as the"
     " body (Content-Type: application/x-tar)"
 )
-Limit = Annotated[
-    int | None, Parameter(description="1-100, default 50; clamped into range", **_INT64)
-]
-Offset = Annotated[int | None, Parameter(description="default 0; clamped to >= 0", **_INT64)]
 SizeMib = Annotated[
     int | None,
     Parameter(description="Extra space in MiB beyond the files (default 512, 0-32768)", **_INT32),
@@ -100,12 +93,12 @@ def image_info(image: Image) -> BaseImageInfo:
 async def list_images(
     request: AnyRequest, limit: Limit = None, offset: Offset = None
 ) -> ListBaseImagesResponse:
-    # Out-of-range values are clamped, never refused, as the hosted service does.
-    limit = DEFAULT_LIMIT if limit is None else min(max(limit, 1), MAX_LIMIT)
-    offset = max(offset or 0, 0)
-    found, total = await runtime_of(request).images.list(principal(request), limit, offset)
+    page = await runtime_of(request).images.list(principal(request), limit, offset)
     return ListBaseImagesResponse(
-        images=[image_info(image) for image in found], total=total, limit=limit, offset=offset
+        images=[image_info(image) for image in page.images],
+        total=page.total,
+        limit=page.limit,
+        offset=page.offset,
     )
 
 
@@ -213,9 +206,9 @@ class UploadRoute:
                 boundary = options.get("boundary")
                 if not boundary:
                     raise BadRequest("Failed to read upload: no multipart boundary")
-                await _save_multipart(_body(receive), boundary, path, limit)
+                await _save_multipart(body_chunks(receive), boundary, path, limit)
             else:
-                await _save(_body(receive), path, limit)
+                await _save(body_chunks(receive), path, limit)
         except BaseException:
             await asyncio.to_thread(path.unlink, True)
             raise
@@ -242,18 +235,6 @@ def _upload_query(query_string: bytes) -> tuple[str, int | None]:
         return names[-1], int(sizes[-1])
     except ValueError:
         raise InvalidQuery("size_mib: invalid digit found in string") from None
-
-
-async def _body(receive: RawReceive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise BodyIncomplete()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 class _File:

@@ -20,7 +20,13 @@ from litestar import get, post, put
 from litestar.params import Parameter
 from litestar.response import Stream
 
-from vers_orchestrator.api.asgi import Message, RawReceive, RawSend, declared_length
+from vers_orchestrator.api.asgi import (
+    Message,
+    RawReceive,
+    RawSend,
+    body_chunks,
+    declared_length,
+)
 from vers_orchestrator.api.middleware import RAW, STREAMING
 from vers_orchestrator.api.openapi import (
     BEARER_AUTH,
@@ -34,7 +40,7 @@ from vers_orchestrator.api.responses import json_reply
 from vers_orchestrator.api.runtime import CONTEXT_KEY, RUNTIME_KEY, AnyRequest, Runtime, principal
 from vers_orchestrator.api.vms import ERRORS, TAGS, VM_PATH, VmId, vms
 from vers_orchestrator.auth import Principal
-from vers_orchestrator.errors import BadRequest, InvalidQuery
+from vers_orchestrator.errors import BadRequest, BodyIncomplete, InvalidQuery
 from vers_orchestrator.schemas.vms import (
     VmExecLogEntry,
     VmExecLogResponse,
@@ -206,12 +212,12 @@ class RawFileRoute:
                     caller,
                     vm_id,
                     path,
-                    _request_body(receive),
+                    body_chunks(receive),
                     mode,
                     create_dirs,
                     declared_length(headers),
                 )
-            except ClientGone:
+            except BodyIncomplete:
                 return  # the guest has dropped the partial file; nobody is left to tell
             await json_reply(None, 200)(scope, receive, send)
             return
@@ -227,22 +233,6 @@ class RawFileRoute:
             }
         )
         await _send_until_gone(download.chunks, receive, send)
-
-
-class ClientGone(Exception):
-    """The client went away in the middle of its request body."""
-
-
-async def _request_body(receive: RawReceive) -> AsyncIterator[bytes]:
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientGone()
-        chunk = message.get("body", b"")
-        if chunk:
-            yield chunk
-        if not message.get("more_body", False):
-            return
 
 
 async def _send_until_gone(

@@ -23,14 +23,11 @@ from vers_orchestrator.errors import (
 )
 from vers_orchestrator.ids import new_id
 from vers_orchestrator.schemas.common import rfc3339
-from vers_orchestrator.services.validation import validate_text
+from vers_orchestrator.services.validation import clamp_page, validate_text
 from vers_orchestrator.store import commits as commit_store
 from vers_orchestrator.store import identity
 from vers_orchestrator.store.commits import Commit
 from vers_orchestrator.store.database import Database, Tx, utc_now
-
-DEFAULT_LIMIT = 50
-MAX_LIMIT = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,17 +114,11 @@ async def record(
     return await db.write(unit)
 
 
-def _clamp(limit: int | None, offset: int | None) -> tuple[int, int]:
-    # Out-of-range values are clamped, never refused, as the hosted service does.
-    effective_limit = DEFAULT_LIMIT if limit is None else min(max(limit, 1), MAX_LIMIT)
-    return effective_limit, max(offset or 0, 0)
-
-
 async def list_own(
     db: Database, principal: Principal, limit: int | None, offset: int | None
 ) -> Page:
     """The caller's key's live commits, newest first (per key, not per organization)."""
-    limit, offset = _clamp(limit, offset)
+    limit, offset = clamp_page(limit, offset)
 
     async def unit(tx: Tx) -> Page:
         commits = await commit_store.list_by_owner(tx, principal.api_key_id, limit, offset)
@@ -138,7 +129,7 @@ async def list_own(
 
 
 async def list_public(db: Database, limit: int | None, offset: int | None) -> Page:
-    limit, offset = _clamp(limit, offset)
+    limit, offset = clamp_page(limit, offset)
 
     async def unit(tx: Tx) -> Page:
         commits = await commit_store.list_public(tx, limit, offset)

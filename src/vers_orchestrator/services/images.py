@@ -15,7 +15,6 @@ through the driver. A restart marks the jobs it cut short failed.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import os
 import re
@@ -40,6 +39,7 @@ from vers_orchestrator.errors import (
     InvalidImageName,
     InvalidImageSize,
 )
+from vers_orchestrator.services.validation import clamp_page
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import images as image_store
 from vers_orchestrator.store.database import Database, Tx, UniqueViolation, utc_now
@@ -60,6 +60,14 @@ INTERRUPTED = "the server stopped during the build; create the image again"
 INTERNAL = "internal error while building; the server's log has the details"
 
 Fetch = Callable[[Path], image_sources.FetchedImage]
+
+
+@dataclass(frozen=True, slots=True)
+class ImagePage:
+    images: list[Image]
+    total: int
+    limit: int
+    offset: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,10 +174,14 @@ class Images:
         os.close(handle)
         return Path(name)
 
-    async def list(self, principal: Principal, limit: int, offset: int) -> tuple[list[Image], int]:
-        return await self._db.read(
+    async def list(self, principal: Principal, limit: int | None, offset: int | None) -> ImagePage:
+        """The organization's images and public ones, newest first; `limit` and `offset`
+        clamped as every paged list's."""
+        limit, offset = clamp_page(limit, offset)
+        found, total = await self._db.read(
             lambda tx: image_store.list_visible(tx, principal.org_id, limit, offset)
         )
+        return ImagePage(found, total, limit, offset)
 
     async def status(self, principal: Principal, image_name: str) -> ImageStatus:
         """The hosted service's lookup order: the organization's image, else its newest job
@@ -280,7 +292,9 @@ class Images:
             source_config=dict(source),
             size_mib=extra,
             description=description,
-            status=JobStatus.PENDING,
+            # Handed to this server's builder in the same transaction that records it, as
+            # the hosted service marks a job `creating` once a node accepted it.
+            status=JobStatus.CREATING,
             error_message=None,
             node=self._node,
             created_at=now,
@@ -295,15 +309,12 @@ class Images:
             if taken:
                 raise ImageAlreadyExists(image_name)
             await image_store.insert_job(tx, job)
-            # Handed to this server's builder in the same breath, as the hosted service
-            # marks a job `creating` once a node accepted it.
-            await image_store.set_job_status(tx, job.job_id, JobStatus.CREATING, now)
 
         try:
             await self._db.write(insert)
         except UniqueViolation:  # an unfinished job of the same name
             raise ImageAlreadyExists(image_name) from None
-        return dataclasses.replace(job, status=JobStatus.CREATING)
+        return job
 
     def _schedule(self, job: Job, fetch: Fetch) -> None:
         task = asyncio.ensure_future(self._build(job, fetch))

@@ -13,6 +13,9 @@ REPO_TAG_NAME_MAX = 128
 # Organization-wide (`/commit_tags`) tag names keep the hosted service's shorter limit.
 ORG_TAG_NAME_MAX = 64
 DESCRIPTION_MAX = 4096
+# Paged lists (`limit`, `offset`), as the hosted service reads them.
+DEFAULT_PAGE_LIMIT = 50
+MAX_PAGE_LIMIT = 100
 
 
 def name_problem(name: str, max_length: int) -> str | None:
@@ -50,3 +53,10 @@ def validate_text(field: str, value: str | None, max_length: int = DESCRIPTION_M
         raise InvalidField(f"{field} must not contain NUL characters")
     if len(value) > max_length:
         raise InvalidField(f"{field} must be at most {max_length} characters")
+
+
+def clamp_page(limit: int | None, offset: int | None) -> tuple[int, int]:
+    """`(limit, offset)` of a paged list: limit 1-100 (default 50), offset at least 0.
+    Out-of-range values are clamped, never refused, as the hosted service does."""
+    effective_limit = DEFAULT_PAGE_LIMIT if limit is None else min(max(limit, 1), MAX_PAGE_LIMIT)
+    return effective_limit, max(offset or 0, 0)

@@ -20,9 +20,6 @@ class JobStatus(StrEnum):
     FAILED = "failed"
 
 
-UNFINISHED = (JobStatus.PENDING, JobStatus.CREATING)
-
-
 @dataclass(frozen=True, slots=True)
 class Image:
     base_image_id: str
@@ -199,11 +196,6 @@ async def insert_job(tx: Tx, job: Job) -> None:
         job.updated_at,
         job.completed_at,
     )
-
-
-async def get_job(tx: Tx, job_id: str) -> Job | None:
-    row = await tx.fetch_one(_JOB + " WHERE job_id = $1", job_id)
-    return None if row is None else _job(row)
 
 
 async def newest_job(tx: Tx, org_id: str, image_name: str) -> Job | None:

@@ -198,13 +198,7 @@ class QemuDriver:
 
     def _lists_image(self, rootfs: str) -> bool:
         """Whether a VM's or commit's disk chain (one being written too) starts at `rootfs`."""
-        layout = self._host.layout
-        records = [
-            *layout.vms.glob("*/vm.json"),
-            *layout.commits.glob("*/commit.json"),
-            *layout.commits.glob(".*.partial/commit.json"),
-        ]
-        for path in records:
+        for path in self._host.layout.records():
             with contextlib.suppress(FileNotFoundError):
                 if read_json(path)["disk_chain"][0] == rootfs:
                     return True

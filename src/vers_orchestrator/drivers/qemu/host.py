@@ -193,13 +193,8 @@ class VmHost:
     async def collect_files(self) -> None:
         """Remove disk layers and boot initramfs files that no record lists any more."""
         async with self.files_lock:
-            records = [
-                *self.layout.vms.glob("*/vm.json"),
-                *self.layout.commits.glob("*/commit.json"),
-                *self.layout.commits.glob(".*.partial/commit.json"),
-            ]
             referenced: set[str] = set()
-            for path in records:
+            for path in self.layout.records():
                 with contextlib.suppress(FileNotFoundError):
                     record = read_json(path)
                     referenced.update(record["disk_chain"])

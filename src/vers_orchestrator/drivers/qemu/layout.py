@@ -140,6 +140,15 @@ class Layout:
         if stat.S_IMODE(status.st_mode) & 0o077:
             self.runtime_dir.chmod(0o700)
 
+    def records(self) -> list[Path]:
+        """Every VM's and commit's record, commits being written included: together, the
+        files (disk layers, images, boot files) something still needs."""
+        return [
+            *self.vms.glob("*/vm.json"),
+            *self.commits.glob("*/commit.json"),
+            *self.commits.glob(".*.partial/commit.json"),
+        ]
+
     def vm_dir(self, vm_id: str) -> Path:
         return self.vms / vm_id
 
