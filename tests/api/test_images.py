@@ -457,6 +457,12 @@ class TestValidation:
             400,
             error("description must be at most 4096 bytes"),
         )
+        # PostgreSQL cannot store NUL in text: refused like every description.
+        nul = world.create(unique_name("d"), source, description="a\x00b")
+        assert (nul.status_code, nul.json()) == (
+            400,
+            error("description must not contain NUL characters"),
+        )
 
     def test_status_and_delete_of_what_does_not_exist(self, world: World) -> None:
         with pytest.raises(NotFoundError) as missing:

@@ -39,7 +39,7 @@ from vers_orchestrator.errors import (
     InvalidImageName,
     InvalidImageSize,
 )
-from vers_orchestrator.services.validation import clamp_page
+from vers_orchestrator.services.validation import clamp_page, validate_text
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import images as image_store
 from vers_orchestrator.store.database import Database, Tx, UniqueViolation, utc_now
@@ -129,6 +129,7 @@ class Images:
         extra = CREATE_DEFAULT_EXTRA_MIB if size_mib is None else size_mib
         check_name(image_name)
         check_extra_size(extra)
+        validate_text("description", description)  # NUL refused, as every description
         if description is not None and len(description.encode()) > MAX_DESCRIPTION_BYTES:
             raise InvalidField(f"description must be at most {MAX_DESCRIPTION_BYTES} bytes")
         if source["type"] == "docker":
