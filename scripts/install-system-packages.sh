@@ -8,7 +8,7 @@ set -euo pipefail
 
 packages=(
     postgresql
-    qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs cpio zstd lz4
+    qemu-system-x86 qemu-utils debootstrap busybox-static e2fsprogs cpio zstd lz4 passt git
     skopeo umoci rsync
     wrk docker-registry apache2-utils
     chromium

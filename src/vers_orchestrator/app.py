@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import sys
 from collections.abc import AsyncIterator
 from datetime import timedelta
@@ -39,8 +40,10 @@ from vers_orchestrator.api.middleware import ApiMiddleware, RequestContextMiddle
 from vers_orchestrator.api.responses import JsonResponse
 from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
 from vers_orchestrator.drivers import create_driver
+from vers_orchestrator.edge.proxy import EdgeProxy, TlsFiles
 from vers_orchestrator.services import idempotency
 from vers_orchestrator.services.domains import Domains
+from vers_orchestrator.services.edge import EdgeRoutes
 from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.keys import Authenticator
 from vers_orchestrator.services.vms import Vms
@@ -64,7 +67,17 @@ async def _purge_idempotency_records(db: Database, ttl: timedelta) -> None:
         await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_SECONDS)
 
 
-def create_app(settings: Settings) -> RequestContextMiddleware:
+def _tls_files(settings: Settings) -> TlsFiles | None:
+    if settings.edge_tls_cert is None or settings.edge_tls_key is None:
+        return None
+    return TlsFiles(settings.edge_tls_cert, settings.edge_tls_key)
+
+
+def create_app(
+    settings: Settings, edge_listener: socket.socket | None = None
+) -> RequestContextMiddleware:
+    """The API; with `edge_listener` (bound, listening) the edge proxy serves on it too,
+    in the same event loop, for as long as the app runs."""
     access_log = AccessLog(
         sys.stderr, enabled=logging.getLevelName(settings.log_level) <= logging.INFO
     )
@@ -104,9 +117,19 @@ def create_app(settings: Settings) -> RequestContextMiddleware:
             ),
             asyncio.create_task(authenticator.watch_revocations()),
         ]
+        edge = None
+        if edge_listener is not None:
+            edge = EdgeProxy(
+                EdgeRoutes(db, driver, vm_service, settings.edge_base_domain, settings.vm_node),
+                tls=_tls_files(settings),
+                max_header_bytes=settings.max_header_bytes,
+            )
+            await edge.start(edge_listener)
         try:
             yield
         finally:
+            if edge is not None:
+                await edge.stop()
             for task in tasks:
                 task.cancel()
             for task in tasks:

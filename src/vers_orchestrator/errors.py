@@ -168,6 +168,12 @@ class VmNotFound(NotFound):
     message = "vm not found"
 
 
+class EdgeHostUnknown(NotFound):
+    """The edge has no VM for a Host header (unknown name, a VM gone or private)."""
+
+    message = "no VM answers at this address"
+
+
 class ParentVmNotFound(VmNotFound):
     # The hosted text of branch by VM when the VM to branch from does not exist.
     message = "parent vm not found"
@@ -291,7 +297,26 @@ class GuestUnavailable(BadGateway):
         super().__init__(f"the VM's agent is not answering: {reason}")
 
 
+class EdgeVmNotRunning(BadGateway):
+    message = "the VM is not running"
+
+
+class GuestPortUnreachable(BadGateway):
+    def __init__(self, port: int) -> None:
+        super().__init__(f"nothing answered on port {port} of the VM")
+
+
 # 503
-class DatabaseUnavailable(VersError):
+class ServiceUnavailable(VersError):
     status_code = 503
+
+
+class DatabaseUnavailable(ServiceUnavailable):
     message = "database unavailable"
+
+
+class VmAsleep(ServiceUnavailable):
+    """A VM the edge reached is paused or still booting."""
+
+    def __init__(self, state: str) -> None:
+        super().__init__(f"the VM is {state}")

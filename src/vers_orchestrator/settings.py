@@ -49,6 +49,9 @@ class Settings:
     # Address space randomization inside guests: "auto" turns it off under TCG, where it
     # makes every process start twice as slow, and keeps it under KVM; "on" or "off".
     vm_guest_aslr: str = "auto"
+    # "nat": guests reach the outside (never the host's loopback services); "none": guests
+    # send nothing out. Forwards into guests (SSH, the edge) work either way.
+    vm_network: str = "nat"
     # None means a folder inside data_dir; see `effective_images_dir`, `effective_vm_state_dir`.
     images_dir: Path | None = None
     vm_state_dir: Path | None = None
@@ -80,6 +83,13 @@ class Settings:
     # made (reserved test names never are); off for private deployments (issue 13).
     domain_check: bool = True
     max_image_upload_bytes: int = 1024 * 1024 * 1024
+    # The edge proxy (issue 13): 0 turns it off. VMs are reached at `<vm_id>.vm.<base>`,
+    # `<port>-<vm_id>.vm.<base>` and their custom domains; TLS when both files are given.
+    edge_port: int = 0
+    edge_host: str = "127.0.0.1"
+    edge_base_domain: str = "localhost"
+    edge_tls_cert: Path | None = None
+    edge_tls_key: Path | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -91,7 +101,7 @@ class Settings:
 
         defaults = cls()
         try:
-            return cls(
+            settings = cls(
                 data_dir=Path(get("DATA_DIR") or defaults.data_dir),
                 database_url=get("DATABASE_URL") or "",
                 log_level=(get("LOG_LEVEL") or defaults.log_level).upper(),
@@ -123,6 +133,9 @@ class Settings:
                     get("VM_GUEST_ASLR") or defaults.vm_guest_aslr,
                     GUEST_ASLR_CHOICES,
                 ),
+                vm_network=_choice(
+                    "VM_NETWORK", get("VM_NETWORK") or defaults.vm_network, VM_NETWORKS
+                ),
                 images_dir=_optional_path(get("IMAGES_DIR")),
                 vm_state_dir=_optional_path(get("VM_STATE_DIR")),
                 vm_runtime_dir=Path(get("VM_RUNTIME_DIR") or defaults.vm_runtime_dir),
@@ -139,7 +152,19 @@ class Settings:
                 max_image_upload_bytes=int(
                     get("MAX_IMAGE_UPLOAD_BYTES") or defaults.max_image_upload_bytes
                 ),
+                edge_port=_port("EDGE_PORT", get("EDGE_PORT")),
+                edge_host=get("EDGE_HOST") or defaults.edge_host,
+                edge_base_domain=(get("EDGE_BASE_DOMAIN") or defaults.edge_base_domain)
+                .lower()
+                .strip("."),
+                edge_tls_cert=_optional_path(get("EDGE_TLS_CERT")),
+                edge_tls_key=_optional_path(get("EDGE_TLS_KEY")),
             )
+            if (settings.edge_tls_cert is None) != (settings.edge_tls_key is None):
+                raise ValueError(
+                    f"{ENV_PREFIX}EDGE_TLS_CERT and {ENV_PREFIX}EDGE_TLS_KEY go together"
+                )
+            return settings
         except ValueError as exc:
             raise SettingsError(f"invalid {ENV_PREFIX}* setting: {exc}") from exc
 
@@ -205,6 +230,7 @@ class Settings:
 
 VM_ACCELERATORS = ("auto", "kvm", "tcg")
 GUEST_ASLR_CHOICES = ("auto", "on", "off")
+VM_NETWORKS = ("nat", "none")
 
 
 def _choice(name: str, value: str, choices: tuple[str, ...] = VM_ACCELERATORS) -> str:
@@ -231,6 +257,13 @@ def _positive(name: str, value: str | None, default: int) -> int:
     number = default if value is None else int(value)
     if number < 1:
         raise ValueError(f"{ENV_PREFIX}{name} must be at least 1, not {number}")
+    return number
+
+
+def _port(name: str, value: str | None) -> int:
+    number = 0 if value is None else int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{ENV_PREFIX}{name} must be a port number (0 turns it off)")
     return number
 
 

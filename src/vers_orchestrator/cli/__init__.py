@@ -31,14 +31,28 @@ def _serve(settings: Settings, args: argparse.Namespace) -> int:
     startup.check_data_dir(settings)
     with startup.data_dir_lock(settings, exclusive=False):
         listener = startup.listen(args.host, args.port)
+        edge_listener = None
+        if settings.edge_port:
+            edge_listener = startup.listen(settings.edge_host, settings.edge_port)
         startup.upgrade_database(settings)
         host, port = listener.getsockname()[:2]
         shown_host = f"[{host}]" if listener.family == socket.AF_INET6 else host
         base_url = f"http://{shown_host}:{port}"
-        app = startup.WatchedStartup(
-            create_app(settings),
-            lambda: log.info("listening on %s (API docs at %s/docs)", base_url, base_url),
-        )
+
+        def started() -> None:
+            log.info("listening on %s (API docs at %s/docs)", base_url, base_url)
+            if settings.edge_port:
+                scheme = "https" if settings.edge_tls_cert else "http"
+                log.info(
+                    "edge listening on %s:%d: VMs at %s://<vm_id>.vm.%s:%d",
+                    settings.edge_host,
+                    settings.edge_port,
+                    scheme,
+                    settings.edge_base_domain,
+                    settings.edge_port,
+                )
+
+        app = startup.WatchedStartup(create_app(settings, edge_listener), started)
         config = uvicorn.Config(
             app,
             loop="uvloop",

@@ -16,5 +16,6 @@ def create_driver(settings: Settings) -> VmDriver:
             images_dir=settings.effective_images_dir,
             accelerator=settings.vm_accelerator,
             guest_aslr=settings.vm_guest_aslr,
+            network=settings.vm_network,
         )
     )

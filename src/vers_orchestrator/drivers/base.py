@@ -314,6 +314,12 @@ class VmDriver(Protocol):
 
     async def ssh_endpoint(self, vm_id: str) -> SshEndpoint: ...
 
+    async def guest_port(self, vm_id: str, port: int) -> tuple[str, int]:
+        """(host, port) on this machine where a TCP connection reaches `port` (1-65535)
+        inside the VM, running or paused; the address holds while the VM's hypervisor
+        lives. Raises VmNotFound, VmNotRunning (dead), DriverError."""
+        ...
+
     async def status(self, vm_id: str) -> VmInfo: ...
 
     async def delete_vm(self, vm_id: str) -> None:

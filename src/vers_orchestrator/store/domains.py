@@ -58,6 +58,12 @@ async def get_in_org(tx: Tx, org_id: str, domain_id: str) -> Domain | None:
     return None if row is None else _domain(row)
 
 
+async def vm_of_domain(tx: Tx, domain: str) -> str | None:
+    """The VM a (lowercase) domain name routes to, in any organization."""
+    row = await tx.fetch_one("SELECT vm_id FROM domains WHERE domain = $1", domain)
+    return None if row is None else as_id(row["vm_id"])
+
+
 async def list_in_org(tx: Tx, org_id: str) -> list[Domain]:
     rows = await tx.fetch_all(
         _COLUMNS + " WHERE d.org_id = $1 ORDER BY d.created_at, d.domain_id", org_id

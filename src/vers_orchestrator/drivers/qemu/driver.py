@@ -43,7 +43,7 @@ from vers_orchestrator.drivers.base import (
     VmSpec,
     VmState,
 )
-from vers_orchestrator.drivers.qemu import built_images
+from vers_orchestrator.drivers.qemu import built_images, network
 from vers_orchestrator.drivers.qemu.boot import boot_initrd
 from vers_orchestrator.drivers.qemu.guest import Guests
 from vers_orchestrator.drivers.qemu.host import QemuDriverConfig, VmHost, check_id, check_spec
@@ -220,6 +220,7 @@ class QemuDriver:
             kernel=str(image.kernel),
             initrd=str(initrd),
             created_at=time.time(),
+            outbound_nic=True,
         )
 
     async def pause(self, vm_id: str) -> None:
@@ -322,6 +323,18 @@ class QemuDriver:
             return SshEndpoint(
                 host="127.0.0.1", port=record.ssh_port, user=SSH_USER, private_key=key.read_text()
             )
+
+    async def guest_port(self, vm_id: str, port: int) -> tuple[str, int]:
+        host = self._host
+        async with host.network_lock(vm_id):
+            host.load_vm(vm_id)
+            await host.require_alive(vm_id)
+            runtime = host.layout.runtime(vm_id)
+            local_port = network.forwarded_port(runtime, port)
+            if local_port is None:
+                async with await host.qmp(vm_id) as qmp:
+                    local_port = await network.add_forward(qmp, runtime, port, free_port)
+        return "127.0.0.1", local_port
 
     async def close(self) -> None:
         await self._guests.close()

@@ -35,6 +35,12 @@ from vers_orchestrator.drivers.qemu.layout import (
     write_json,
 )
 from vers_orchestrator.drivers.qemu.machine import launch, qemu_argv, read_pid, run, stop_process
+from vers_orchestrator.drivers.qemu.network import (
+    NETWORK_MODES,
+    check_passt_installed,
+    start_passt,
+    stop_passt,
+)
 from vers_orchestrator.drivers.qemu.qmp import QmpClient, QmpError
 
 ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -60,6 +66,9 @@ class QemuDriverConfig:
     # Address space randomization in guests: "auto" is off under TCG (see NO_ASLR), on
     # under KVM; "on" or "off" forces it.
     guest_aslr: str = "auto"
+    # "nat": guests reach the outside through passt, never the host's loopback; "none":
+    # guests send nothing out (`network.py`). Forwards into guests work either way.
+    network: str = "nat"
 
 
 # Under TCG a translated block of guest code is found again by its virtual address, so with
@@ -79,6 +88,10 @@ class VmHost:
             raise DriverError(
                 f"runtime directory {self.layout.runtime_dir} is too long for unix sockets"
             )
+        if config.network not in NETWORK_MODES:
+            raise DriverError(f"network must be one of {', '.join(NETWORK_MODES)}")
+        if config.network == "nat":
+            check_passt_installed()
         self.layout.create_directories()
         self.accelerator: Accelerator = choose_accelerator(config.accelerator)
         aslr = config.guest_aslr
@@ -87,6 +100,8 @@ class VmHost:
         without_aslr = aslr == "off" or (aslr == "auto" and self.accelerator.name == "tcg")
         self.kernel_args = (*self.accelerator.kernel_args, *(NO_ASLR if without_aslr else ()))
         self._locks: dict[str, asyncio.Lock] = {}
+        # Forwards are added under a lock of their own: they must not wait for a commit.
+        self._network_locks: dict[str, asyncio.Lock] = {}
         self._states: dict[str, VmState] = {}
         self.files_lock = asyncio.Lock()
         self._qemu_version: str | None = None
@@ -96,8 +111,12 @@ class VmHost:
     def lock(self, vm_id: str) -> asyncio.Lock:
         return self._locks.setdefault(vm_id, asyncio.Lock())
 
+    def network_lock(self, vm_id: str) -> asyncio.Lock:
+        return self._network_locks.setdefault(vm_id, asyncio.Lock())
+
     def forget(self, vm_id: str) -> None:
         self._locks.pop(vm_id, None)
+        self._network_locks.pop(vm_id, None)
         self._states.pop(vm_id, None)
 
     def load_vm(self, vm_id: str) -> VmRecord:
@@ -168,9 +187,13 @@ class VmHost:
 
     async def launch_vm(self, record: VmRecord, *, incoming: bool) -> None:
         vm_id = record.vm_id
+        runtime = self.layout.runtime(vm_id)
+        outbound = None
+        if record.outbound_nic and self.config.network == "nat":
+            outbound = await start_passt(runtime, self.passt_log(vm_id))
         argv = qemu_argv(
             record,
-            self.layout.runtime(vm_id),
+            runtime,
             qemu_binary=self.config.qemu_binary,
             accelerator=self.accelerator,
             kernel_args=self.kernel_args,
@@ -179,13 +202,24 @@ class VmHost:
             serial_log=self.layout.serial_log(vm_id),
             qemu_log=self.layout.qemu_log(vm_id),
             ssh_port=record.ssh_port,
+            outbound_fd=None if outbound is None else outbound.fileno(),
         )
-        await launch(argv, self.layout.vm_dir(vm_id) / "launch.err", vm_id)
+        try:
+            fds = () if outbound is None else (outbound.fileno(),)
+            await launch(argv, self.layout.vm_dir(vm_id) / "launch.err", vm_id, fds)
+        finally:
+            # QEMU holds its own copy now (or never will): passt ends with QEMU's.
+            if outbound is not None:
+                outbound.close()
+
+    def passt_log(self, vm_id: str) -> Path:
+        return self.layout.vm_dir(vm_id) / "passt.log"
 
     async def destroy(self, vm_id: str) -> None:
         """Stop the VM's QEMU and remove its files; the caller drops its guest connection."""
         runtime = self.layout.runtime(vm_id)
         await stop_process(read_pid(self.layout.pidfile(vm_id), qmp_socket(runtime)))
+        await stop_passt(runtime, self.passt_log(vm_id))
         await asyncio.to_thread(shutil.rmtree, runtime, True)
         await asyncio.to_thread(shutil.rmtree, self.layout.vm_dir(vm_id), True)
         self._states.pop(vm_id, None)
@@ -239,6 +273,8 @@ class VmHost:
                 await stop_process(read_pid(runtime / "qemu.pid", qmp_socket(runtime)))
             elif layout.vm_record(name).exists() and self.pid(name) is not None:
                 continue
+            else:
+                await stop_passt(runtime, self.passt_log(name))
             await asyncio.to_thread(shutil.rmtree, runtime, True)
             removed.append(f"runtime folder {name}")
         for record_path in layout.vms.glob("*/vm.json"):

@@ -34,6 +34,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from vers_orchestrator.drivers.base import DriverError
+from vers_orchestrator.drivers.qemu.machine import OUTBOUND_MAC
+from vers_orchestrator.drivers.qemu.network import (
+    GUEST_INBOUND_ADDRESS,
+    GUEST_OUTBOUND_ADDRESS,
+    GUEST_OUTBOUND_GATEWAY,
+    GUEST_OUTBOUND_PREFIX,
+)
 
 DEFAULT_IMAGE_NAME = "default"
 KERNEL_PACKAGE = "linux-image-cloud-amd64"
@@ -41,8 +48,9 @@ SUITE = "bookworm"
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 # Bumped whenever what an image holds changes in a way VMs rely on; 2: python3 and vers-agent
 # instead of qemu-guest-agent, cgroup2; 3: the agent first, the rest after (fstab); 4: init
-# forks no more in its reaping loop; 5: /tmp on the disk, tmpfs mounts bounded.
-RECIPE = 6
+# forks no more in its reaping loop; 5: /tmp on the disk, tmpfs mounts bounded; 6: the agent's
+# cgroup limits; 7: two network cards, the outbound one through passt, and a fixed name server.
+RECIPE = 7
 # python3 runs vers-agent, and users have it too.
 GUEST_PACKAGES = ("python3", "openssh-server", "iproute2", "procps", "e2fsprogs")
 ROOTFS_MIB = 512
@@ -99,13 +107,38 @@ exec switch_root /newroot /sbin/vminit
 # time; it brings up only what the driver relies on: vers-agent, sshd and the network.
 # Under TCG on one vCPU every process started costs 15-60 ms and everything competes for
 # the one CPU, so the way to the agent is as short as it can be: the file systems in one
-# `mount -a`, builtins otherwise, then the agent; the rest (GUEST_SERVICES) runs niced
-# beside it. The agent is started again if it ever exits.
-GUEST_INIT = """#!/bin/sh
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+# `mount -a`, the network in one `ip -batch`, builtins otherwise, then the agent; the
+# rest (GUEST_SERVICES) runs niced beside it. The agent is started again if it ever exits.
+GUEST_INIT = (
+    f"""#!/bin/sh
+OUTBOUND_MAC={OUTBOUND_MAC}
+OUTBOUND_ADDRESS={GUEST_OUTBOUND_ADDRESS}/{GUEST_OUTBOUND_PREFIX}
+OUTBOUND_GATEWAY={GUEST_OUTBOUND_GATEWAY}
+INBOUND_ADDRESS={GUEST_INBOUND_ADDRESS}/24
+"""
+    + """export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
 mount -t proc proc /proc
 mount -a
 read -r name </etc/hostname && echo "$name" >/proc/sys/kernel/hostname
+# The network is up before the agent, so that a first command can use it, in one process
+# (drivers/qemu/network.py): the outbound card, known by its address, goes out through
+# passt; the other carries the host's forwards into the guest.
+{
+    echo "link set lo up"
+    for card in /sys/class/net/*; do
+        card=${card##*/}
+        [ "$card" = lo ] && continue
+        read -r address <"/sys/class/net/$card/address"
+        if [ "$address" = "$OUTBOUND_MAC" ]; then
+            echo "address add $OUTBOUND_ADDRESS dev $card"
+            outbound=$card
+        else
+            echo "address add $INBOUND_ADDRESS dev $card"
+        fi
+        echo "link set $card up"
+    done
+    [ -n "$outbound" ] && echo "route add default via $OUTBOUND_GATEWAY dev $outbound"
+} | ip -batch - >/dev/null 2>&1
 if [ -d /usr/lib/vers-agent/vers_agent ]; then
     (
         cd /usr/lib/vers-agent
@@ -124,6 +157,7 @@ while :; do
     wait $!
 done
 """
+)
 
 # Started by GUEST_INIT beside the agent, at a lower priority.
 GUEST_SERVICES = """#!/bin/sh
@@ -135,12 +169,6 @@ for name_file in /sys/class/virtio-ports/*/name; do
     port=${name_file%/name}
     read -r port_name <"$name_file" && ln -sf "/dev/${port##*/}" "/dev/virtio-ports/$port_name"
 done
-ip link set lo up
-if ip link show eth0 >/dev/null 2>&1; then
-    ip addr add 10.0.2.15/24 dev eth0
-    ip link set eth0 up
-    ip route add default via 10.0.2.2
-fi
 host_key=/etc/ssh/ssh_host_ed25519_key
 [ -f "$host_key" ] || ssh-keygen -q -t ed25519 -N '' -f "$host_key"
 mkdir -p /run/sshd /root/.ssh
@@ -484,6 +512,10 @@ def _configure_rootfs(rootfs: Path) -> None:
         key.unlink()
     (rootfs / "etc" / "ssh" / "sshd_config.d" / "vers-orchestrator.conf").write_text(SSHD_CONFIG)
     (rootfs / "etc" / "hostname").write_text("vers\n")
+    # passt forwards what reaches the gateway on port 53 to the host's resolver.
+    resolv = rootfs / "etc" / "resolv.conf"
+    resolv.unlink(missing_ok=True)
+    resolv.write_text(f"nameserver {GUEST_OUTBOUND_GATEWAY}\n")
     (rootfs / "etc" / "hosts").write_text("127.0.0.1 localhost\n127.0.1.1 vers\n")
     (rootfs / "etc" / "fstab").write_text(FSTAB)
     for name, script in (("vminit", GUEST_INIT), ("vminit-services", GUEST_SERVICES)):

@@ -68,6 +68,9 @@ class VmRecord:
     # What answers inside the guest: "vers-agent", or "qemu-ga" for VMs made before it
     # (records without the field), whose guest operations are refused.
     guest_agent: str = "vers-agent"
+    # Whether the machine has the outbound network card (`machine.qemu_argv`); VMs made
+    # before it (records without the field) have only the inbound one.
+    outbound_nic: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -100,6 +103,7 @@ class CommitRecord:
     pause_seconds: float
     created_at: float
     guest_agent: str = "vers-agent"
+    outbound_nic: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

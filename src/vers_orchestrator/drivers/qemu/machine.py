@@ -26,6 +26,10 @@ RAM_BLOCK_ID = "ram0"
 # are expedited, and pressure-stall accounting slows each process down. Together they took
 # exec of `true` from 32 to 20 ms. Nothing in our guests reads PSI.
 KERNEL_ARGS = ("console=ttyS0", "quiet", "panic=-1", "rcupdate.rcu_expedited=1", "psi=0")
+# The second network card, through which a guest reaches the outside (`network.py`); the
+# guest's init tells it from the first (QEMU user networking, inbound forwards only) by
+# this address.
+OUTBOUND_MAC = "52:54:00:76:65:01"
 PROCESS_EXIT_TIMEOUT_SECONDS = 10.0
 
 
@@ -41,9 +45,16 @@ def qemu_argv(
     serial_log: Path | None = None,
     qemu_log: Path | None = None,
     ssh_port: int | None = None,
+    outbound_fd: int | None = None,
 ) -> list[str]:
     """The command line; a restore must use the same machine, devices and RAM size.
     `kernel_args` come after KERNEL_ARGS (a restored guest ignores them: it booted long ago).
+
+    Network cards: `net0` is QEMU's user networking with `restrict=on`, which lets nothing
+    out and carries only forwards from the host (SSH, the edge's guest ports). A record
+    with `outbound_nic` has a second card, `net1`, connected to passt through the inherited
+    socket `outbound_fd` (outbound NAT), or, without one, to a restricted user network that
+    goes nowhere, so that the device set a commit recorded is the same either way.
     """
     mem = f"{record.spec.mem_mib}M"
     share = "on" if record.ram_shared else "off"
@@ -76,6 +87,7 @@ def qemu_argv(
         "-device", f"virtserialport,bus=vser0.0,chardev=agent0,name={PORT_NAME}",
         "-netdev", netdev,
         "-device", "virtio-net-device,netdev=net0",
+        *_outbound_nic(record.outbound_nic, outbound_fd),
         "-chardev", serial,
         "-serial", "chardev:serial0",
         "-qmp", f"unix:{_opt(qmp_socket(runtime))},server=on,wait=off",
@@ -90,8 +102,11 @@ def qemu_argv(
     return argv
 
 
-async def launch(argv: list[str], errors_path: Path, what: str) -> None:
-    """Start a daemonizing QEMU; returns once it is set up (or raises with its stderr)."""
+async def launch(
+    argv: list[str], errors_path: Path, what: str, pass_fds: tuple[int, ...] = ()
+) -> None:
+    """Start a daemonizing QEMU, which inherits `pass_fds`; returns once it is set up (or
+    raises with its stderr)."""
     # Errors go to a file, not a pipe: under uvloop the daemonized QEMU keeps a pipe's
     # write end open, so reading it to its end would wait for as long as the VM lives.
     with errors_path.open("wb") as errors:
@@ -100,6 +115,7 @@ async def launch(argv: list[str], errors_path: Path, what: str) -> None:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=errors,
+            pass_fds=pass_fds,
         )
     # With -daemonize the first process exits once the VM is set up; errors come before.
     if await process.wait() != 0:
@@ -168,6 +184,16 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
+
+
+def _outbound_nic(present: bool, fd: int | None) -> list[str]:
+    if not present:
+        return []
+    if fd is None:
+        netdev = "user,id=net1,restrict=on"
+    else:
+        netdev = f"stream,id=net1,server=off,addr.type=fd,addr.str={fd}"
+    return ["-netdev", netdev, "-device", f"virtio-net-device,netdev=net1,mac={OUTBOUND_MAC}"]
 
 
 def _opt(value: str | Path) -> str:

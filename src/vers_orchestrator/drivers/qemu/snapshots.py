@@ -113,6 +113,7 @@ class Snapshots:
                     pause_seconds=pause,
                     created_at=time.time(),
                     guest_agent=record.guest_agent,
+                    outbound_nic=record.outbound_nic,
                 )
                 key = host.layout.ssh_key(vm_id)
                 if key.exists():
@@ -279,6 +280,7 @@ class Snapshots:
                 initrd=commit.initrd,
                 created_at=time.time(),
                 guest_agent=commit.guest_agent,
+                outbound_nic=commit.outbound_nic,
             )
             host.layout.vm_dir(vm_id).mkdir(parents=True)
             host.layout.make_runtime(host.layout.runtime(vm_id))

@@ -225,7 +225,18 @@ class Lifecycle:
     async def set_running(self, principal: Principal, vm_id: str, running: bool) -> None:
         """Pause (`Sleeping`/`Paused`) or continue (`Running`) the VM's vCPUs."""
         context = self._context
-        vm = await context.refresh(await context.alive(principal, vm_id))
+        await self._set_running(
+            await context.refresh(await context.alive(principal, vm_id)), running
+        )
+
+    async def wake(self, vm: Vm) -> None:
+        """Continue a paused VM of this server for a request that came through the edge
+        (`services/edge.py`); raises VmNotRunning when it is not alive any more."""
+        context = self._context
+        await self._set_running(await context.refresh(context.local(vm)), True)
+
+    async def _set_running(self, vm: Vm, running: bool) -> None:
+        context = self._context
         if vm.state not in ALIVE:
             raise VmNotRunning(wire_state(vm.state))
         wanted = State.RUNNING if running else State.PAUSED

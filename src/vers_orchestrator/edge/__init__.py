@@ -1,0 +1,1 @@
+"""The edge listener: VMs' web ports reached by name from a browser (`proxy.py`)."""

@@ -1,0 +1,306 @@
+"""The edge: a reverse proxy from browsers to web servers inside VMs (issue 13).
+
+aiohttp serves the edge's listener and is the client towards the guest: HTTP/1.1 with
+keep-alive on both sides, bodies streamed both ways as they come (never held whole), and
+WebSocket upgrades bridged message by message. `services.edge.EdgeRoutes` says where a Host
+header leads; every refusal is the API's JSON error body. The edge runs in the server's
+event loop beside the API, which never waits for it: every step is asynchronous.
+
+What reaches the guest: the request as sent, less the hop-by-hop headers (RFC 9110 §7.6.1),
+with `X-Forwarded-For` (the client's address appended), `X-Forwarded-Proto` and
+`X-Forwarded-Host`; the `Host` header is the one the client sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, MultiMapping
+from yarl import URL
+
+from vers_orchestrator.errors import GuestPortUnreachable, VersError
+from vers_orchestrator.services.edge import EdgeRoutes, EdgeTarget
+
+log = logging.getLogger("vers_orchestrator.edge")
+
+# The hosted service's DNS-readiness check (`upstream-semantics-platform.md` §3): answered
+# for any Host, so that a domain pointed at this edge passes `POST /domains`' probe.
+DOMAIN_CHECK_PATH = "/.well-known/chelsea-domain-check"
+DOMAIN_CHECK_ANSWER = b"chelsea-domain-ok"
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "expect",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
+)
+# Sent by each side's own WebSocket handshake, not copied across.
+WEBSOCKET_HANDSHAKE = frozenset(
+    {
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "sec-websocket-protocol",
+    }
+)
+CONNECT_TIMEOUT_SECONDS = 10.0
+# A WebSocket message is assembled whole before it is passed on; bounded like a JSON body.
+MAX_WEBSOCKET_MESSAGE_BYTES = 16 * 1024 * 1024
+SHUTDOWN_TIMEOUT_SECONDS = 5.0
+IDLE_CONNECTION_SECONDS = 75.0
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    """PEM certificate chain and private key; read at start and again on SIGHUP."""
+
+    certificate: Path
+    private_key: Path
+
+
+class EdgeProxy:
+    def __init__(self, routes: EdgeRoutes, *, tls: TlsFiles | None, max_header_bytes: int) -> None:
+        self._routes = routes
+        self._tls = tls
+        self._max_header_bytes = max_header_bytes
+        self._ssl: ssl.SSLContext | None = None
+        self._runner: web.ServerRunner | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self, listener: socket.socket) -> None:
+        """Serve on `listener` (bound and listening). Raises OSError or ssl.SSLError when
+        the TLS files cannot be read."""
+        if self._tls is not None:
+            self._ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            self._ssl.load_cert_chain(self._tls.certificate, self._tls.private_key)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, self.reload_tls)
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=IDLE_CONNECTION_SECONDS),
+            timeout=aiohttp.ClientTimeout(total=None, connect=CONNECT_TIMEOUT_SECONDS),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+        )
+        server = web.Server(
+            self._handle,
+            access_log=None,
+            keepalive_timeout=IDLE_CONNECTION_SECONDS,
+            max_line_size=self._max_header_bytes,
+            max_field_size=self._max_header_bytes,
+            # Bodies pass through as they were sent, compressed or not.
+            auto_decompress=False,
+        )
+        self._runner = web.ServerRunner(server, handle_signals=False)
+        await self._runner.setup()
+        site = web.SockSite(
+            self._runner,
+            listener,
+            ssl_context=self._ssl,
+            shutdown_timeout=SHUTDOWN_TIMEOUT_SECONDS,
+        )
+        await site.start()
+
+    async def stop(self) -> None:
+        if self._tls is not None:
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self._session is not None:
+            await self._session.close()
+
+    def reload_tls(self) -> None:
+        """Read the certificate and key again (SIGHUP): new connections get them; a
+        failure keeps the ones in use and is logged."""
+        if self._ssl is None or self._tls is None:
+            return
+        try:
+            self._ssl.load_cert_chain(self._tls.certificate, self._tls.private_key)
+        except (OSError, ssl.SSLError) as exc:
+            log.error("edge: TLS files not reloaded, the previous ones stay: %s", exc)
+        else:
+            log.info("edge: TLS certificate reloaded from %s", self._tls.certificate)
+
+    async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if request.path == DOMAIN_CHECK_PATH and request.method in ("GET", "HEAD"):
+            return web.Response(body=DOMAIN_CHECK_ANSWER, content_type="text/plain")
+        try:
+            target = await self._routes.resolve(request.headers.get("Host", ""))
+            if _is_websocket_upgrade(request):
+                return await self._bridge_websocket(request, target)
+            return await self._forward(request, target)
+        except VersError as exc:
+            return _error(exc.status_code, exc.message)
+        except Exception:
+            # As the API does: the details go to the log, never to the client.
+            log.exception("edge: %s %s failed", request.method, request.path)
+            return _error(500, "internal server error")
+
+    async def _forward(self, request: web.BaseRequest, target: EdgeTarget) -> web.StreamResponse:
+        assert self._session is not None
+        body = None
+        if request.body_exists:
+            if request.headers.get("Expect", "").lower() == "100-continue":
+                # The client waits for this before it sends the body (RFC 9110 §10.1.1).
+                await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            body = request.content.iter_any()
+        try:
+            upstream = await self._session.request(
+                request.method,
+                _guest_url(target, request),
+                headers=self._forwarded_headers(request),
+                data=body,
+                allow_redirects=False,
+                compress=None,
+            )
+        except (aiohttp.ClientError, OSError):
+            raise GuestPortUnreachable(target.guest_port) from None
+        try:
+            response = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+            hop_by_hop = _hop_by_hop(upstream.headers)
+            for raw_name, raw_value in upstream.raw_headers:
+                name = raw_name.decode("latin-1")
+                if name.lower() not in hop_by_hop:
+                    response.headers.add(name, raw_value.decode("latin-1"))
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+        except (aiohttp.ClientError, OSError) as exc:
+            # Part of the answer went out: the client sees its connection end early.
+            log.info(
+                "edge: %s %s of VM %s cut short: %s",
+                request.method,
+                request.path,
+                target.vm_id,
+                exc,
+            )
+            if request.transport is not None:
+                request.transport.close()
+            return response
+        finally:
+            upstream.release()
+
+    async def _bridge_websocket(
+        self, request: web.BaseRequest, target: EdgeTarget
+    ) -> web.StreamResponse:
+        assert self._session is not None
+        offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",")]
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in self._forwarded_headers(request).items()
+            if name.lower() not in WEBSOCKET_HANDSHAKE
+        )
+        try:
+            upstream = await self._session.ws_connect(
+                _guest_url(target, request),
+                headers=headers,
+                protocols=[p for p in offered if p],
+                autoclose=False,
+                autoping=False,
+                max_msg_size=MAX_WEBSOCKET_MESSAGE_BYTES,
+            )
+        except aiohttp.WSServerHandshakeError as exc:
+            return _error(
+                502, f"the VM's port {target.guest_port} refused the WebSocket ({exc.status})"
+            )
+        except (aiohttp.ClientError, OSError):
+            raise GuestPortUnreachable(target.guest_port) from None
+        async with upstream:
+            client = web.WebSocketResponse(
+                protocols=(upstream.protocol,) if upstream.protocol else (),
+                autoclose=False,
+                autoping=False,
+                compress=False,
+                max_msg_size=MAX_WEBSOCKET_MESSAGE_BYTES,
+            )
+            await client.prepare(request)
+            pumps = [
+                asyncio.ensure_future(_pump(client, upstream)),
+                asyncio.ensure_future(_pump(upstream, client)),
+            ]
+            try:
+                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for pump in pumps:
+                    pump.cancel()
+                await asyncio.gather(*pumps, return_exceptions=True)
+                await client.close()
+        return client
+
+    def _forwarded_headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
+        hop_by_hop = _hop_by_hop(request.headers)
+        headers = CIMultiDict(
+            (name, value)
+            for name, value in request.headers.items()
+            if name.lower() not in hop_by_hop
+        )
+        earlier = headers.popall("X-Forwarded-For", [])
+        client = request.remote or "unknown"
+        headers["X-Forwarded-For"] = ", ".join([*earlier, client])
+        headers["X-Forwarded-Proto"] = "https" if self._ssl is not None else "http"
+        headers["X-Forwarded-Host"] = request.headers.get("Host", "")
+        return headers
+
+
+WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
+
+
+async def _pump(source: WebSocket, sink: WebSocket) -> None:
+    """Pass messages on until one side closes; a close is passed on with its code."""
+    while True:
+        message = await source.receive()
+        if message.type is aiohttp.WSMsgType.TEXT:
+            await sink.send_str(message.data)
+        elif message.type is aiohttp.WSMsgType.BINARY:
+            await sink.send_bytes(message.data)
+        elif message.type is aiohttp.WSMsgType.PING:
+            await sink.ping(message.data)
+        elif message.type is aiohttp.WSMsgType.PONG:
+            await sink.pong(message.data)
+        else:  # CLOSE, CLOSING, CLOSED, ERROR
+            code = message.data if message.type is aiohttp.WSMsgType.CLOSE else 1000
+            with contextlib.suppress(Exception):
+                await sink.close(code=code, message=(message.extra or "").encode())
+            return
+
+
+def _is_websocket_upgrade(request: web.BaseRequest) -> bool:
+    tokens = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
+    return "upgrade" in tokens and request.headers.get("Upgrade", "").lower() == "websocket"
+
+
+def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
+    """The hop-by-hop headers: the fixed ones and any a Connection header names."""
+    named: set[str] = set()
+    for value in headers.getall("Connection", []):
+        named.update(token.strip().lower() for token in value.split(","))
+    return HOP_BY_HOP | named
+
+
+def _guest_url(target: EdgeTarget, request: web.BaseRequest) -> URL:
+    # The path and query exactly as the client sent them.
+    return URL(f"http://{target.host}:{target.port}{request.raw_path}", encoded=True)
+
+
+def _error(status: int, message: str) -> web.Response:
+    """The API's error body (`api.errors`), byte for byte."""
+    body = json.dumps({"success": False, "error": message}, separators=(",", ":"))
+    return web.Response(body=body.encode(), status=status, content_type="application/json")
