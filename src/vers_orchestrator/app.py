@@ -20,6 +20,7 @@ from vers_orchestrator import __version__
 from vers_orchestrator.api import (
     commit_tags,
     commits,
+    deploy,
     docs,
     domains,
     env_vars,
@@ -42,6 +43,7 @@ from vers_orchestrator.api.runtime import RUNTIME_KEY, Runtime
 from vers_orchestrator.drivers import create_driver
 from vers_orchestrator.edge.proxy import EdgeProxy, TlsFiles
 from vers_orchestrator.services import idempotency
+from vers_orchestrator.services.deploy import Deploys
 from vers_orchestrator.services.domains import Domains
 from vers_orchestrator.services.edge import EdgeRoutes
 from vers_orchestrator.services.images import Images
@@ -91,6 +93,10 @@ def create_app(
         try:
             # VMs keep running while the server is down: find them again before serving.
             await vm_service.reconcile()
+            deploy_service = Deploys(db, vm_service, settings)
+            cut_short = await deploy_service.fail_interrupted()
+            if cut_short:
+                log.warning("deploys cut short by the last stop, marked failed: %d", cut_short)
             interrupted = await image_service.fail_interrupted()
             if interrupted:
                 log.warning(
@@ -110,6 +116,7 @@ def create_app(
             vms=vm_service,
             images=image_service,
             domains=Domains(db, settings.domain_check),
+            deploys=deploy_service,
         )
         tasks = [
             asyncio.create_task(
@@ -130,6 +137,7 @@ def create_app(
         finally:
             if edge is not None:
                 await edge.stop()
+            await deploy_service.close()
             for task in tasks:
                 task.cancel()
             for task in tasks:
@@ -170,6 +178,8 @@ def create_app(
             domains.create_domain,
             domains.get_domain,
             domains.delete_domain,
+            deploy.deploy_handler,
+            deploy.get_deploy_status,
             images.list_images,
             images.create_image,
             images.get_image_status,

@@ -174,6 +174,10 @@ class EdgeHostUnknown(NotFound):
     message = "no VM answers at this address"
 
 
+class ProjectNotFound(NotFound):
+    message = "project not found"
+
+
 class ParentVmNotFound(VmNotFound):
     # The hosted text of branch by VM when the VM to branch from does not exist.
     message = "parent vm not found"
@@ -240,6 +244,11 @@ class VmOnAnotherServer(Conflict):
     message = "vm runs on another server of this deployment"
 
 
+class ProjectNameTaken(Conflict):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"project name already exists: {name}")
+
+
 class RequestInProgress(Conflict):
     message = "a request with this X-Idempotency-Key is still in progress"
 
@@ -283,6 +292,12 @@ class InternalError(VersError):
 
 class VmOperationFailed(InternalError):
     """The hypervisor failed; the details are in the server's log, not in the response."""
+
+
+# 501
+class DeployTurnedOff(VersError):
+    status_code = 501
+    message = "deploy is turned off on this server"
 
 
 # 502

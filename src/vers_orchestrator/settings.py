@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 ENV_PREFIX = "VERS_ORCHESTRATOR_"
@@ -90,6 +90,12 @@ class Settings:
     edge_base_domain: str = "localhost"
     edge_tls_cert: Path | None = None
     edge_tls_key: Path | None = None
+    # Deploy (issue 13) clones `<deploy_git_base_url>/<owner>/<repo>.git`, with the token
+    # (if any) as HTTP basic credentials; off answers 501.
+    deploy_enabled: bool = True
+    deploy_git_base_url: str = "https://github.com"
+    # Kept out of the settings' repr, which may be logged.
+    deploy_git_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -159,6 +165,11 @@ class Settings:
                 .strip("."),
                 edge_tls_cert=_optional_path(get("EDGE_TLS_CERT")),
                 edge_tls_key=_optional_path(get("EDGE_TLS_KEY")),
+                deploy_enabled=_flag("DEPLOY_ENABLED", get("DEPLOY_ENABLED")),
+                deploy_git_base_url=(
+                    get("DEPLOY_GIT_BASE_URL") or defaults.deploy_git_base_url
+                ).rstrip("/"),
+                deploy_git_token=get("DEPLOY_GIT_TOKEN"),
             )
             if (settings.edge_tls_cert is None) != (settings.edge_tls_key is None):
                 raise ValueError(

@@ -8,6 +8,7 @@ from typing import Any
 from litestar import Request
 
 from vers_orchestrator.auth import Principal
+from vers_orchestrator.services.deploy import Deploys
 from vers_orchestrator.services.domains import Domains
 from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.keys import Authenticator
@@ -26,6 +27,7 @@ class Runtime:
     vms: Vms
     images: Images
     domains: Domains
+    deploys: Deploys
 
 
 @dataclass(slots=True)

@@ -5,10 +5,11 @@ for a pull that may take minutes (the threads that wait for them return at once)
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from vers_orchestrator.drivers.base import DriverError
@@ -44,10 +45,12 @@ def run(
     accept: tuple[int, ...] = (0,),
     explain: Callable[[str], str] = last_lines,
     timeout: float = TIMEOUT_SECONDS,
+    env: Mapping[str, str] | None = None,
 ) -> Finished:
     """Run `command` (blocking; call it from a thread) and return its output. Raises
     ToolError "<doing>: <explain(stderr)>" when it exits with a code not in `accept`, cannot
-    start, outlives `timeout` seconds or is stopped by `stop_all`."""
+    start, outlives `timeout` seconds or is stopped by `stop_all`. `env` is added to the
+    server's environment for the program."""
     try:
         with _lock:
             process = subprocess.Popen(
@@ -58,6 +61,7 @@ def run(
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
+                env=None if env is None else {**os.environ, **env},
             )
             _running.add(process)
     except OSError as exc:

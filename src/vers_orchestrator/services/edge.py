@@ -26,6 +26,7 @@ from vers_orchestrator.errors import (
     VmNotRunning,
 )
 from vers_orchestrator.services.vms import Vms
+from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import domains as domain_store
 from vers_orchestrator.store import vms as vm_store
 from vers_orchestrator.store.database import Database
@@ -96,11 +97,6 @@ class EdgeRoutes:
         self._vms = vms
         self._base_domain = base_domain.lower().strip(".")
 
-    def vm_url(self, vm_id: str, scheme: str = "http", port: int | None = None) -> str:
-        """The edge's address of a VM, for users (`port` is the edge's, if not 80/443)."""
-        shown = "" if port in (None, 80, 443) else f":{port}"
-        return f"{scheme}://{vm_id}.vm.{self._base_domain}{shown}"
-
     async def resolve(self, host_header: str) -> EdgeTarget:
         """Raises EdgeHostUnknown (404), VmAsleep (503), EdgeVmNotRunning (502, also for a
         VM of another server of the deployment: that server's edge reaches it)."""
@@ -138,6 +134,18 @@ class EdgeRoutes:
             await self._vms.lifecycle.wake(vm)
         except VmNotRunning:
             raise EdgeVmNotRunning() from None
+
+
+def edge_url(settings: Settings, vm_id: str) -> str | None:
+    """Where a browser reaches the VM's web port through this server's edge; None when
+    the edge is off."""
+    if not settings.edge_port:
+        return None
+    scheme = "https" if settings.edge_tls_cert else "http"
+    port = (
+        "" if settings.edge_port == {"http": 80, "https": 443}[scheme] else f":{settings.edge_port}"
+    )
+    return f"{scheme}://{vm_id}.vm.{settings.edge_base_domain}{port}"
 
 
 def web_port(vm: Vm) -> int:

@@ -337,3 +337,27 @@ domains = sa.Table(
 )
 sa.Index("ix_domains_vm", domains.c.vm_id)
 sa.Index("ix_domains_org_created", domains.c.org_id, domains.c.created_at)
+
+# Deploy projects (issue 13): a VM running an application cloned from git; names are
+# unique per organization, and a project goes with its VM (store/vms.set_state).
+deploy_projects = sa.Table(
+    "deploy_projects",
+    metadata,
+    sa.Column("project_id", Id, primary_key=True),
+    sa.Column("org_id", Id, sa.ForeignKey("organizations.org_id"), nullable=False),
+    sa.Column("owner_id", Id, sa.ForeignKey("api_keys.api_key_id"), nullable=False),
+    sa.Column("name", sa.Text(), nullable=False),
+    sa.Column("repo", sa.Text(), nullable=False),
+    sa.Column("branch", sa.Text(), nullable=True),
+    sa.Column("settings", sa.Text(), nullable=False),
+    sa.Column("vm_id", Id, sa.ForeignKey("vms.vm_id"), nullable=True),
+    sa.Column("status", sa.Text(), nullable=False),
+    sa.Column("step", sa.Text(), nullable=False),
+    sa.Column("error", sa.Text(), nullable=True),
+    sa.Column("guest_port", sa.Integer(), nullable=True),
+    sa.Column("node", sa.Text(), nullable=False),
+    sa.Column("created_at", Timestamp, nullable=False),
+    sa.Column("updated_at", Timestamp, nullable=False),
+    sa.UniqueConstraint("org_id", "name", name="unique_project_name_per_org"),
+)
+sa.Index("ix_deploy_projects_vm", deploy_projects.c.vm_id)

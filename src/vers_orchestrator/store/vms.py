@@ -151,10 +151,12 @@ async def usage_of_node(tx: Tx, node: str) -> Usage:
 
 async def set_state(tx: Tx, vm_id: str, state: State, now: datetime | None = None) -> None:
     """Move a live VM to `state`; the end states also stamp `deleted_at` with `now` and
-    remove the VM's custom domains (decisions.md: they follow their VM)."""
+    remove the VM's custom domains and deploy project (decisions.md: they follow their
+    VM, and the project's name is free again)."""
     ended = state in (State.DELETED, State.FAILED)
     if ended:
         await tx.execute("DELETE FROM domains WHERE vm_id = $1", vm_id)
+        await tx.execute("DELETE FROM deploy_projects WHERE vm_id = $1", vm_id)
     await tx.execute(
         "UPDATE vms SET state = $2, deleted_at = CASE WHEN $3 THEN $4 ELSE deleted_at END"
         " WHERE vm_id = $1 AND deleted_at IS NULL",
