@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from vers_orchestrator import __version__, startup
+from vers_orchestrator.cli import deploy as deploy_command
 from vers_orchestrator.cli import images as images_commands
 from vers_orchestrator.cli.common import PROG, configure_logging, error, log, with_database
 from vers_orchestrator.errors import VersError
@@ -361,6 +362,35 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
     build.add_argument("--name", required=True, help="the image's name in the organization")
     build.add_argument(
         "--size-mib", type=int, default=256, help="free space in MiB beyond the files"
+    )
+
+    deploy = commands.add(
+        top,
+        "deploy",
+        "deploy OWNER/REPO from the git host into a new VM, showing each step",
+        deploy_command.deploy,
+        more="Through a running server (VERS_BASE_URL, VERS_API_KEY), as POST /api/v1/deploy"
+        " does; the repository comes from VERS_ORCHESTRATOR_DEPLOY_GIT_BASE_URL on that"
+        " server. Exits 0 once the application serves, 1 when a step fails.",
+    )
+    deploy.add_argument("repo", metavar="OWNER/REPO", help="the repository")
+    deploy.add_argument("--name", help="the project's name (default: the repository's)")
+    deploy.add_argument("--branch", help="the branch (default: the repository's default)")
+    deploy.add_argument(
+        "--install",
+        dest="install_command",
+        help="install command, run by sh in the working directory",
+    )
+    deploy.add_argument(
+        "--build", dest="build_command", help="build command, run by sh in the working directory"
+    )
+    deploy.add_argument(
+        "--run",
+        dest="run_command",
+        help="the command that serves the app (default: the files, on port 80)",
+    )
+    deploy.add_argument(
+        "--workdir", dest="working_directory", help="folder of the repository the commands run in"
     )
 
     vms = commands.add(top, "vms", "VMs on this machine", None).add_subparsers(
