@@ -13,9 +13,9 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-from socketserver import ThreadingMixIn
 
 
 class _ThreadingServer(ThreadingMixIn, WSGIServer):
@@ -78,9 +78,7 @@ class GitServer:
         if path.split("/")[2:3] and path.split("/")[2].startswith("private-"):
             expected = base64.b64encode(f"x-access-token:{self.token}".encode()).decode()
             if environ.get("HTTP_AUTHORIZATION") != f"Basic {expected}":
-                start_response(
-                    "401 Unauthorized", [("WWW-Authenticate", 'Basic realm="git"')]
-                )
+                start_response("401 Unauthorized", [("WWW-Authenticate", 'Basic realm="git"')])
                 return iter([b"credentials needed\n"])
         env = {
             "GIT_PROJECT_ROOT": str(self.root),

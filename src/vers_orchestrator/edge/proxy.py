@@ -232,17 +232,7 @@ class EdgeProxy:
                 max_msg_size=MAX_WEBSOCKET_MESSAGE_BYTES,
             )
             await client.prepare(request)
-            pumps = [
-                asyncio.ensure_future(_pump(client, upstream)),
-                asyncio.ensure_future(_pump(upstream, client)),
-            ]
-            try:
-                await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for pump in pumps:
-                    pump.cancel()
-                await asyncio.gather(*pumps, return_exceptions=True)
-                await client.close()
+            await asyncio.gather(_pump(client, upstream), _pump(upstream, client))
         return client
 
     def _forwarded_headers(self, request: web.BaseRequest) -> CIMultiDict[str]:
@@ -264,21 +254,41 @@ WebSocket = web.WebSocketResponse | aiohttp.ClientWebSocketResponse
 
 
 async def _pump(source: WebSocket, sink: WebSocket) -> None:
-    """Pass messages on until one side closes; a close is passed on with its code."""
+    """Pass messages from `source` to `sink` until `source` closes. Its close (code and
+    reason) goes to `sink`, and `sink`'s answer back to `source` (RFC 6455 §5.5.1); a
+    side that fails or vanishes has the other closed with 1011 or 1001.
+
+    Two pumps run, one each way, and neither is ever cancelled: aiohttp treats a cancelled
+    `receive` as an abnormal closure (1006). A `close` while the other pump waits in
+    `receive` hands that pump a CLOSING message, on which it ends."""
     while True:
         message = await source.receive()
-        if message.type is aiohttp.WSMsgType.TEXT:
+        kind = message.type
+        if kind is aiohttp.WSMsgType.TEXT:
             await sink.send_str(message.data)
-        elif message.type is aiohttp.WSMsgType.BINARY:
+        elif kind is aiohttp.WSMsgType.BINARY:
             await sink.send_bytes(message.data)
-        elif message.type is aiohttp.WSMsgType.PING:
+        elif kind is aiohttp.WSMsgType.PING:
             await sink.ping(message.data)
-        elif message.type is aiohttp.WSMsgType.PONG:
+        elif kind is aiohttp.WSMsgType.PONG:
             await sink.pong(message.data)
-        else:  # CLOSE, CLOSING, CLOSED, ERROR
-            code = message.data if message.type is aiohttp.WSMsgType.CLOSE else 1000
+        elif kind is aiohttp.WSMsgType.CLOSING:
+            return
+        elif kind is aiohttp.WSMsgType.CLOSE:
+            reason = message.extra.encode() if isinstance(message.extra, str) else b""
             with contextlib.suppress(Exception):
-                await sink.close(code=code, message=(message.extra or "").encode())
+                await sink.close(code=message.data, message=reason)
+            with contextlib.suppress(Exception):
+                await source.close(code=sink.close_code or message.data, message=reason)
+            return
+        else:  # CLOSED, ERROR: the connection went without a close
+            code = (
+                aiohttp.WSCloseCode.INTERNAL_ERROR
+                if kind is aiohttp.WSMsgType.ERROR
+                else aiohttp.WSCloseCode.GOING_AWAY
+            )
+            with contextlib.suppress(Exception):
+                await sink.close(code=code)
             return
 
 
