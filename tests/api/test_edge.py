@@ -376,7 +376,8 @@ class TestVmStates:
                 f"/api/v1/vm/{edge.vm_id}/label", json={"labels": {"vers.edge.port": str(APP_PORT)}}
             )
             response = edge.get(edge.name(), "/headers")
-            assert response.status_code == 200 and "Host" in response.json()
+            assert response.status_code == 200
+            assert "Host" in response.json()
             client.delete(f"/api/v1/vm/{edge.vm_id}/label/vers.edge.port")
         assert edge.get(edge.name()).text == PAGE
 

@@ -80,9 +80,15 @@ async def start_passt(runtime: Path, log_file: Path) -> socket.socket:
         "--gateway", GUEST_OUTBOUND_GATEWAY, "--dns-forward", GUEST_OUTBOUND_GATEWAY,
         "--fd", str(passt_end.fileno()), "--log-file", str(log_file),
     ]  # fmt: skip
+    pidfile = passt_pidfile(runtime)
+    pidfile.unlink(missing_ok=True)
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
+        # Started by a shell that exits at once, having written passt's pid: passt is
+        # nobody's child but init's, as a daemonized QEMU is, so no event loop or server
+        # process waits for it. (No pipe from it: under uvloop a child's pipe stays open
+        # in what it starts, and reading it to its end would wait for passt to exit.)
+        launcher = await asyncio.create_subprocess_exec(
+            "sh", "-c", '"$@" </dev/null >/dev/null 2>&1 & echo $! >"$0"', str(pidfile), *argv,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
@@ -90,13 +96,16 @@ async def start_passt(runtime: Path, log_file: Path) -> socket.socket:
             # Not in the server's process group: a Ctrl-C to the server must not cut the
             # VMs' network, and the VM outlives the server.
             start_new_session=True,
-        )
+        )  # fmt: skip
+        await launcher.wait()
     except OSError as exc:
         qemu_end.close()
         raise NetworkError(f"passt did not start: {exc.strerror}") from None
     finally:
         passt_end.close()
-    passt_pidfile(runtime).write_text(str(process.pid))
+    if launcher.returncode != 0 or not pidfile.exists():
+        qemu_end.close()
+        raise NetworkError("passt did not start")
     return qemu_end
 
 
