@@ -1,5 +1,5 @@
-"""The registry's operations (and those of environment variables and images) in our OpenAPI
-document, against the upstream contract."""
+"""The registry's operations (and those of environment variables, images, domains and
+deploy) in our OpenAPI document, against the upstream contract."""
 
 from __future__ import annotations
 
@@ -49,6 +49,7 @@ OPERATIONS = [
     ("post", "/api/v1/domains"),
     ("get", "/api/v1/domains/{domain_id}"),
     ("delete", "/api/v1/domains/{domain_id}"),
+    ("post", "/api/v1/deploy"),
 ]
 # Where we answer 400 (a malformed commit id or query) and document it; upstream does not.
 EXTRA_400 = {
@@ -73,6 +74,9 @@ UNDOCUMENTED = {
     ("post", "/api/v1/domains"): {"422"},
     ("get", "/api/v1/domains/{domain_id}"): {"400"},
     ("delete", "/api/v1/domains/{domain_id}"): {"400"},
+    # Deploy boots a VM (429 at the server's capacity) and asks the git host first (502
+    # when it does not answer).
+    ("post", "/api/v1/deploy"): {"429", "502"},
 }
 
 pytestmark = pytest.mark.skipif(
