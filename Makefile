@@ -4,6 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 127.0.0.1
 PORT ?= 8080
+# The edge proxy: VMs' web servers at http://<vm_id>.vm.localhost:$(EDGE_PORT).
+EDGE_PORT ?= 8081
 
 .PHONY: install run test lint format bench clean
 
@@ -23,7 +25,8 @@ run: install
 	@echo "In another shell, say where the server is and create an API key (README.md, 'A 60-second tour'):"
 	@echo '  export VERS_BASE_URL=http://$(HOST):$(PORT)'
 	@echo '  export VERS_API_KEY=$$($(BIN)/vers-orchestrator keys create --org acme --user alice --format token)'
-	$(BIN)/vers-orchestrator serve --host $(HOST) --port $(PORT)
+	VERS_ORCHESTRATOR_EDGE_PORT="$${VERS_ORCHESTRATOR_EDGE_PORT:-$(EDGE_PORT)}" \
+		$(BIN)/vers-orchestrator serve --host $(HOST) --port $(PORT)
 
 # The whole suite, on SQLite and on PostgreSQL (started here if it is not running).
 test: install

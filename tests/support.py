@@ -13,6 +13,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -36,6 +37,14 @@ IMAGES_DIR = REPO / "build" / "images"
 # Every backend's VM runtime folder, removed again at the end of the session.
 RUNTIME_DIRS: list[str] = []
 SHARED_SPEC = Path(__file__).resolve().parents[2] / "shared" / "spec"
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (a server given it may race another process)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 def unique_name(prefix: str = "repo") -> str:

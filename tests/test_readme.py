@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import REPO, VERS_ORCHESTRATOR, Backend, Server, qemu_processes
+from tests.support import REPO, VERS_ORCHESTRATOR, Backend, Server, free_port, qemu_processes
 from vers_orchestrator.cli import command_names
 
 pytestmark = pytest.mark.slow
@@ -31,6 +31,8 @@ BLOCK = re.compile(
     re.DOTALL,
 )
 README_ADDRESS = "http://127.0.0.1:8080"
+# The edge's port as `make run` sets it; the test's server has its own.
+README_EDGE_PORT = ":8081/"
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,12 @@ def first_machine(tmp_path: Path) -> Iterator[tuple[Backend, Server, Path]]:
     workdir.mkdir()
     (workdir / ".venv").symlink_to(Path(sys.executable).parent.parent)
     (workdir / "README.md").write_bytes(README.read_bytes())
-    backend = Backend.create("sqlite", tmp_path / "backend", IMAGES_DIR=str(tmp_path / "images"))
+    backend = Backend.create(
+        "sqlite",
+        tmp_path / "backend",
+        IMAGES_DIR=str(tmp_path / "images"),
+        EDGE_PORT=str(free_port()),
+    )
     server = Server(backend, tmp_path / "server.log")
     try:
         yield backend, server, workdir
@@ -82,7 +89,10 @@ def run_snippets(chosen: list[Snippet], base_url: str, env: dict[str, str], work
     run as files with the project's interpreter (the README says `pip install vers-sdk`)."""
     script = ["set -euo pipefail"]
     for number, snippet in enumerate(chosen):
-        body = snippet.body.replace(README_ADDRESS, base_url)
+        edge_port = env["VERS_ORCHESTRATOR_EDGE_PORT"]
+        body = snippet.body.replace(README_ADDRESS, base_url).replace(
+            README_EDGE_PORT, f":{edge_port}/"
+        )
         if snippet.lang == "python":
             path = workdir / f"snippet_{number}.py"
             path.write_text(body)
@@ -137,6 +147,7 @@ def test_the_snippets_run_as_written_on_a_first_machine(
     assert "same bytes" in output  # the raw upload came back byte for byte
     assert "hello from my image" in output  # a VM from an uploaded image
     assert "{'vms': [{'vm_id':" in output  # the branch by reference
+    assert "Directory listing for /" in output  # the VM's web server through the edge
 
     server.stop()
     run_snippets(after, server.base_url, backend.env, workdir)

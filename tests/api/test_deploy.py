@@ -19,7 +19,6 @@ import httpx
 import pytest
 from vers_sdk import NotFoundError
 
-from tests.api.test_edge import free_port
 from tests.git_server import GitServer
 from tests.support import (
     IMAGES_DIR,
@@ -28,6 +27,7 @@ from tests.support import (
     Key,
     Server,
     error,
+    free_port,
     make_key,
     qemu_processes,
     sdk_call,

@@ -32,6 +32,7 @@ from tests.support import (
     Key,
     Server,
     error,
+    free_port,
     make_key,
     qemu_processes,
     sdk_call,
@@ -42,13 +43,6 @@ ROOT_CONFIG = {"vcpu_count": 1, "mem_size_mib": 256, "fs_size_mib": 1024}
 APP = Path(__file__).resolve().parents[1] / "guest_web_app.py"
 APP_PORT = 8000
 PAGE = "hello from the VM\n"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @dataclass

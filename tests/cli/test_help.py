@@ -20,6 +20,7 @@ COMMANDS = [
     "images build-default",
     "images build",
     "vms stop-all",
+    "deploy",
 ]
 
 

@@ -364,6 +364,19 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
         "--size-mib", type=int, default=256, help="free space in MiB beyond the files"
     )
 
+    vms = commands.add(top, "vms", "VMs on this machine", None).add_subparsers(
+        dest="vms_command", required=True, metavar="COMMAND"
+    )
+    commands.add(
+        vms,
+        "stop-all",
+        "stop every VM of this data directory's server",
+        _vms_stop_all,
+        more="VMs keep running when the server stops; this stops them, with the server"
+        " stopped (it refuses while one runs). Their QEMU processes and disks go, their"
+        " commits stay; they are listed as dead until deleted through the API.",
+    )
+
     deploy = commands.add(
         top,
         "deploy",
@@ -391,19 +404,6 @@ def _build_parser() -> tuple[argparse.ArgumentParser, _Commands]:
     )
     deploy.add_argument(
         "--workdir", dest="working_directory", help="folder of the repository the commands run in"
-    )
-
-    vms = commands.add(top, "vms", "VMs on this machine", None).add_subparsers(
-        dest="vms_command", required=True, metavar="COMMAND"
-    )
-    commands.add(
-        vms,
-        "stop-all",
-        "stop every VM of this data directory's server",
-        _vms_stop_all,
-        more="VMs keep running when the server stops; this stops them, with the server"
-        " stopped (it refuses while one runs). Their QEMU processes and disks go, their"
-        " commits stay; they are listed as dead until deleted through the API.",
     )
 
     width = max(len(name) for name, _ in commands.listed)
