@@ -49,6 +49,7 @@ bench: install
 	$(BIN)/python bench/driver_bench.py
 	$(BIN)/python bench/guest_bench.py
 	$(BIN)/python bench/image_bench.py
+	$(BIN)/python bench/edge_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -14,6 +14,7 @@ labelled `vers.edge.wake=true`, is continued by the request; a VM that is not al
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass
 
@@ -33,6 +34,11 @@ from vers_orchestrator.store.database import Database
 from vers_orchestrator.store.vms import State, Vm
 
 WEB_PORT = 80
+# A running VM's route is reused this long without asking the database and the driver
+# again: about a third of the edge's CPU per request (bench/README.md). A change (a pause,
+# a delete, a label) reaches the edge within it.
+ROUTE_CACHE_SECONDS = 1.0
+MAX_CACHED_ROUTES = 10_000
 PORT_LABEL = "vers.edge.port"
 ACCESS_LABEL = "vers.edge.access"
 WAKE_LABEL = "vers.edge.wake"
@@ -92,6 +98,7 @@ class EdgeRoutes:
         """`base_domain`: the edge's VM names end in `.vm.<base_domain>`; `node`: this
         server's name for its VMs (`Settings.vm_node`), the only ones its driver reaches."""
         self._node = node
+        self._routes: dict[str, tuple[float, EdgeTarget]] = {}
         self._db = db
         self._driver = driver
         self._vms = vms
@@ -101,6 +108,17 @@ class EdgeRoutes:
         """Raises EdgeHostUnknown (404), VmAsleep (503), EdgeVmNotRunning (502, also for a
         VM of another server of the deployment: that server's edge reaches it)."""
         name = host_name(host_header)
+        now = time.monotonic()
+        cached = self._routes.get(name)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        target = await self._resolve(name)
+        if len(self._routes) >= MAX_CACHED_ROUTES:
+            self._routes.clear()
+        self._routes[name] = (now + ROUTE_CACHE_SECONDS, target)
+        return target
+
+    async def _resolve(self, name: str) -> EdgeTarget:
         named = vm_name(name, self._base_domain)
         if named is None:
             found = await self._db.read(lambda tx: domain_store.vm_of_domain(tx, name))
