@@ -35,8 +35,9 @@ from vers_orchestrator.store.vms import State, Vm
 
 WEB_PORT = 80
 # A running VM's route is reused this long without asking the database and the driver
-# again: about a third of the edge's CPU per request (bench/README.md). A change (a pause,
-# a delete, a label) reaches the edge within it.
+# again: half the edge's CPU per request (bench/README.md). A change this server makes (a
+# pause, a delete, a label) drops it at once; one made elsewhere (a label set through
+# another replica, a domain deleted) reaches the edge within this time.
 ROUTE_CACHE_SECONDS = 1.0
 MAX_CACHED_ROUTES = 10_000
 PORT_LABEL = "vers.edge.port"
@@ -99,6 +100,7 @@ class EdgeRoutes:
         server's name for its VMs (`Settings.vm_node`), the only ones its driver reaches."""
         self._node = node
         self._routes: dict[str, tuple[float, EdgeTarget]] = {}
+        vms.on_change(self._forget)
         self._db = db
         self._driver = driver
         self._vms = vms
@@ -117,6 +119,10 @@ class EdgeRoutes:
             self._routes.clear()
         self._routes[name] = (now + ROUTE_CACHE_SECONDS, target)
         return target
+
+    def _forget(self, vm_id: str) -> None:
+        for name in [n for n, (_, target) in self._routes.items() if target.vm_id == vm_id]:
+            del self._routes[name]
 
     async def _resolve(self, name: str) -> EdgeTarget:
         named = vm_name(name, self._base_domain)

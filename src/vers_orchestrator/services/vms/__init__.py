@@ -8,6 +8,8 @@ One room per part of a VM's story, sharing one small state object (`context.VmCo
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from vers_orchestrator.drivers.base import VmDriver
 from vers_orchestrator.services.images import Images
 from vers_orchestrator.services.vms.context import VmContext, wire_state
@@ -36,6 +38,10 @@ class Vms:
         self.guest = Guest(self._context)
         self.snapshots = Snapshots(self._context)
         self.fork = Fork(self._context, self.snapshots)
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """`listener(vm_id)` runs after this server writes a VM's state or labels."""
+        self._context.on_change(listener)
 
     async def reconcile(self) -> None:
         await self.lifecycle.reconcile()

@@ -17,7 +17,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -95,6 +95,7 @@ class VmContext:
         # may run for days); the next start marks them interrupted in their logs.
         self._streams: set[asyncio.Task[Any]] = set()
         self.booting: dict[str, asyncio.Task[None]] = {}
+        self._listeners: list[Callable[[str], None]] = []
         self.exec_logs = ExecLogs(settings.data_dir / "exec-logs", settings.exec_log_bytes_per_vm)
 
     # -- tasks ------------------------------------------------------------------------
@@ -203,6 +204,16 @@ class VmContext:
     async def set_state(self, vm_id: str, state: State) -> None:
         now = utc_now()
         await self.db.write(lambda tx: vm_store.set_state(tx, vm_id, state, now))
+        self.changed(vm_id)
+
+    def on_change(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(vm_id)` after a VM's state or labels are written here (the
+        edge forgets its cached route)."""
+        self._listeners.append(listener)
+
+    def changed(self, vm_id: str) -> None:
+        for listener in self._listeners:
+            listener(vm_id)
 
     @contextlib.asynccontextmanager
     async def driver_call(self, vm_id: str, action: str) -> AsyncIterator[None]:

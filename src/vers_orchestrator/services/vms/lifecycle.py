@@ -309,6 +309,7 @@ class Lifecycle:
             await vm_store.set_labels(tx, canonical, merged)
 
         await self._context.db.write(unit)
+        self._context.changed(canonical)
 
     async def delete_label(self, principal: Principal, vm_id: str, name: str) -> None:
         canonical = canonical_vm_id(vm_id)
@@ -321,3 +322,4 @@ class Lifecycle:
             await vm_store.set_labels(tx, canonical, remaining)
 
         await self._context.db.write(unit)
+        self._context.changed(canonical)
