@@ -109,13 +109,14 @@ def create_app(
             await db.close()
             raise
         authenticator = Authenticator(db, settings.auth_cache_seconds)
+        domain_service = Domains(db, settings.domain_check)
         app.state[RUNTIME_KEY] = Runtime(
             settings=settings,
             db=db,
             authenticator=authenticator,
             vms=vm_service,
             images=image_service,
-            domains=Domains(db, settings.domain_check),
+            domains=domain_service,
             deploys=deploy_service,
         )
         tasks = [
@@ -126,8 +127,10 @@ def create_app(
         ]
         edge = None
         if edge_listener is not None:
+            routes = EdgeRoutes(db, driver, vm_service, settings.edge_base_domain, settings.vm_node)
+            domain_service.on_delete(routes.forget)
             edge = EdgeProxy(
-                EdgeRoutes(db, driver, vm_service, settings.edge_base_domain, settings.vm_node),
+                routes,
                 tls=_tls_files(settings),
                 max_header_bytes=settings.max_header_bytes,
             )

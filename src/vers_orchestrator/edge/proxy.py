@@ -100,6 +100,8 @@ class EdgeProxy:
         )
         server = web.Server(
             self._handle,
+            # A client that leaves cancels its request: nothing waits on a guest for it.
+            handler_cancellation=True,
             access_log=None,
             keepalive_timeout=IDLE_CONNECTION_SECONDS,
             max_line_size=self._max_header_bytes,

@@ -10,6 +10,7 @@ another organization 404 `vm not found`), and a domain goes with its VM.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 
 import httpx
 
@@ -73,6 +74,12 @@ class Domains:
         """`probe`: whether a new domain must answer the DNS-readiness check first."""
         self._db = db
         self._probe = probe
+        self._listeners: list[Callable[[str], None]] = []
+
+    def on_delete(self, listener: Callable[[str], None]) -> None:
+        """Call `listener(vm_id)` after one of the VM's domains is deleted (the edge
+        forgets its cached routes to the VM)."""
+        self._listeners.append(listener)
 
     async def create(self, principal: Principal, vm_id: str, domain: str) -> Domain:
         """Raises InvalidField (400), VmNotFound (404), Unprocessable (422, DNS not ready),
@@ -119,6 +126,8 @@ class Domains:
     async def delete(self, principal: Principal, domain_id: str) -> str:
         found = await self.get(principal, domain_id)
         await self._db.write(lambda tx: domain_store.delete(tx, found.domain_id))
+        for listener in self._listeners:
+            listener(found.vm_id)
         return found.domain_id
 
     async def _live_vm(self, principal: Principal, vm_id: str) -> str:

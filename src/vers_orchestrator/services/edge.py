@@ -36,8 +36,8 @@ from vers_orchestrator.store.vms import State, Vm
 WEB_PORT = 80
 # A running VM's route is reused this long without asking the database and the driver
 # again: half the edge's CPU per request (bench/README.md). A change this server makes (a
-# pause, a delete, a label) drops it at once; one made elsewhere (a label set through
-# another replica, a domain deleted) reaches the edge within this time.
+# pause, a delete, a label, a domain deleted) drops it at once; one made through another
+# replica reaches the edge within this time.
 ROUTE_CACHE_SECONDS = 1.0
 MAX_CACHED_ROUTES = 10_000
 PORT_LABEL = "vers.edge.port"
@@ -100,7 +100,7 @@ class EdgeRoutes:
         server's name for its VMs (`Settings.vm_node`), the only ones its driver reaches."""
         self._node = node
         self._routes: dict[str, tuple[float, EdgeTarget]] = {}
-        vms.on_change(self._forget)
+        vms.on_change(self.forget)
         self._db = db
         self._driver = driver
         self._vms = vms
@@ -120,7 +120,8 @@ class EdgeRoutes:
         self._routes[name] = (now + ROUTE_CACHE_SECONDS, target)
         return target
 
-    def _forget(self, vm_id: str) -> None:
+    def forget(self, vm_id: str) -> None:
+        """Drop the cached routes to a VM (its state, labels or domains changed)."""
         for name in [n for n, (_, target) in self._routes.items() if target.vm_id == vm_id]:
             del self._routes[name]
 
