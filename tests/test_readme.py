@@ -147,7 +147,8 @@ def test_the_snippets_run_as_written_on_a_first_machine(
     assert "same bytes" in output  # the raw upload came back byte for byte
     assert "hello from my image" in output  # a VM from an uploaded image
     assert "{'vms': [{'vm_id':" in output  # the branch by reference
-    assert "Directory listing for /" in output  # the VM's web server through the edge
+    # The VM's web server through the edge, by port and by custom domain.
+    assert output.count("Directory listing for /") == 2
 
     server.stop()
     run_snippets(after, server.base_url, backend.env, workdir)

@@ -194,8 +194,10 @@ class TestDeploys:
                 "repo": "acme/private-app",
                 "name": "the-app",
                 "settings": {
-                    "install_command": "./install.sh",
-                    "run_command": "python3 server.py",
+                    # A venv with pip in it, as the README's deploy example makes one.
+                    "install_command": "./install.sh && python3 -m venv .venv"
+                    " && .venv/bin/pip --version",
+                    "run_command": ".venv/bin/python server.py",
                     "working_directory": "/web/",
                 },
             }
@@ -252,7 +254,7 @@ class TestDeploys:
         )
         assert result.returncode == 0, result.stderr
         lines = result.stdout.splitlines()
-        assert lines[0] == "deploying acme/site: creating the VM"
+        assert lines[0] == "deploying acme/site: checking the repository, creating the VM"
         assert lines[-1].startswith("running: http://")
         vm_id = lines[-1].split("//")[1].split(".vm.")[0]
         assert world.through_edge(vm_id).text == "<h1>dev branch</h1>\n"

@@ -44,13 +44,13 @@ def deploy(settings: Settings, args: argparse.Namespace) -> int:
         with httpx.Client(
             base_url=base_url, headers=headers, timeout=REQUEST_TIMEOUT_SECONDS
         ) as client:
-            print(f"deploying {args.repo}: creating the VM", flush=True)
+            print(f"deploying {args.repo}: checking the repository, creating the VM", flush=True)
             started = client.post("/api/v1/deploy", json=body)
             if started.status_code != 202:
                 error(f"deploy refused ({started.status_code}): {_reason(started)}")
                 return 1
             project_id = started.json()["project_id"]
-            print(f"project {project_id}, VM {started.json()['vm_id']}", flush=True)
+            print(f"project {project_id}, VM {started.json()['vm_id']} running", flush=True)
             shown = "creating the VM"
             while True:
                 status = client.get(f"/api/v1/deploy/{project_id}")

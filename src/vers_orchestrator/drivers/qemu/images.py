@@ -49,10 +49,12 @@ FALLBACK_MIRROR = "http://deb.debian.org/debian"
 # Bumped whenever what an image holds changes in a way VMs rely on; 2: python3 and vers-agent
 # instead of qemu-guest-agent, cgroup2; 3: the agent first, the rest after (fstab); 4: init
 # forks no more in its reaping loop; 5: /tmp on the disk, tmpfs mounts bounded; 6: the agent's
-# cgroup limits; 7: two network cards, the outbound one through passt, and a fixed name server.
+# cgroup limits; 7: two network cards, the outbound one through passt, and a fixed name server,
+# python3-venv.
 RECIPE = 7
-# python3 runs vers-agent, and users have it too.
-GUEST_PACKAGES = ("python3", "openssh-server", "iproute2", "procps", "e2fsprogs")
+# python3 runs vers-agent, and users have it too, with venv and pip inside venvs (Debian's
+# python3 refuses a system-wide pip, PEP 668).
+GUEST_PACKAGES = ("python3", "python3-venv", "openssh-server", "iproute2", "procps", "e2fsprogs")
 ROOTFS_MIB = 512
 BUSYBOX = Path("/bin/busybox")
 # The modules the guest needs before it can mount its root disk and talk to the host; their
