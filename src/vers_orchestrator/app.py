@@ -133,6 +133,7 @@ def create_app(
                 routes,
                 tls=_tls_files(settings),
                 max_header_bytes=settings.max_header_bytes,
+                head_timeout_seconds=settings.header_timeout_seconds,
             )
             await edge.start(edge_listener)
         try:

@@ -93,10 +93,11 @@ class DeployWorld:
                 return project
             time.sleep(0.3)
 
-    def through_edge(self, vm_id: str) -> httpx.Response:
+    def through_edge(self, vm_id: str, path: str = "/") -> httpx.Response:
         with httpx.Client(timeout=60) as client:
             return client.get(
-                f"http://127.0.0.1:{self.edge_port}/", headers={"Host": f"{vm_id}.vm.localhost"}
+                f"http://127.0.0.1:{self.edge_port}{path}",
+                headers={"Host": f"{vm_id}.vm.localhost"},
             )
 
     def exec_log(self, vm_id: str) -> str:
@@ -172,6 +173,8 @@ class TestDeploys:
         world.site_project = started["project_id"]
         page = world.through_edge(started["vm_id"])
         assert (page.status_code, page.text) == (200, "<h1>static site</h1>\n")
+        # The clone's .git (the repository's name and host) never reaches the VM.
+        assert world.through_edge(started["vm_id"], "/.git/config").status_code == 404
         labels = {vm["vm_id"]: vm.get("labels") for vm in world.vms()}
         assert labels[started["vm_id"]]["project"] == "site"
         assert labels[started["vm_id"]]["vers.edge.port"] == "80"

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
+import json
 import os
 import signal
 import socket
@@ -33,6 +35,7 @@ from tests.support import (
     Server,
     error,
     free_port,
+    live_processes,
     make_key,
     qemu_processes,
     sdk_call,
@@ -43,6 +46,18 @@ ROOT_CONFIG = {"vcpu_count": 1, "mem_size_mib": 256, "fs_size_mib": 1024}
 APP = Path(__file__).resolve().parents[1] / "guest_web_app.py"
 APP_PORT = 8000
 PAGE = "hello from the VM\n"
+HEAD_TIMEOUT = 3
+
+
+def raw_exchange(port: int, request: bytes, wait: float = 10) -> bytes:
+    """Send bytes on a new connection and read until the server closes it."""
+    with socket.create_connection(("127.0.0.1", port), timeout=wait) as connection:
+        connection.sendall(request)
+        received = b""
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while chunk := connection.recv(65536):
+                received += chunk
+    return received
 
 
 @dataclass
@@ -113,7 +128,12 @@ def start_web_servers(edge: Edge, vm_id: str) -> None:
 def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
     ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
     port = free_port()
-    backend = Backend.create("sqlite", tmp_path_factory.mktemp("edge"), EDGE_PORT=str(port))
+    backend = Backend.create(
+        "sqlite",
+        tmp_path_factory.mktemp("edge"),
+        EDGE_PORT=str(port),
+        HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
+    )
     server = Server(backend, tmp_path_factory.mktemp("edge-server") / "server.log").start()
     shared = Edge(backend, server, make_key(backend), port)
     try:
@@ -238,6 +258,70 @@ class TestRouting:
     def test_the_api_is_not_served_on_the_edge(self, edge: Edge) -> None:
         response = edge.get("127.0.0.1", "/api/v1/vm")
         assert response.status_code == 404
+
+
+class TestHostileRequests:
+    def test_connect_and_absolute_targets_never_choose_the_destination(self, edge: Edge) -> None:
+        # A listener on the host's loopback that the edge must never reach.
+        with socket.socket() as bait:
+            bait.bind(("127.0.0.1", 0))
+            bait.listen()
+            bait.settimeout(1)
+            port = bait.getsockname()[1]
+            host = edge.name().encode()
+            for request, status, message in (
+                (b"CONNECT @127.0.0.1:%d HTTP/1.1\r\nHost: %s\r\n\r\n" % (port, host), 400,
+                 b"the request target must be a path"),
+                (b"GET http://127.0.0.1:%d/ HTTP/1.1\r\nHost: %s\r\n\r\n" % (port, host), 400,
+                 b"the request target must be a path"),
+                (b"OPTIONS * HTTP/1.1\r\nHost: %s\r\n\r\n" % host, 400,
+                 b"the request target must be a path"),
+            ):  # fmt: skip
+                reply = raw_exchange(edge.port, request)
+                head, _, body = reply.partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 %d" % status), reply
+                assert body == b'{"success":false,"error":"%s"}' % message
+                with pytest.raises(TimeoutError):
+                    bait.accept()
+
+    def test_what_the_parser_refuses_is_a_json_400_without_the_request(self, edge: Edge) -> None:
+        request = (
+            b"POST /x HTTP/1.1\r\nHost: %s\r\nContent-Length: 3\r\nContent-Length: 5\r\n\r\nabc"
+            % edge.name().encode()
+        )
+        reply = raw_exchange(edge.port, request)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        # aiohttp answers a request it could not parse as HTTP/1.0.
+        assert head.split(b" ")[1] == b"400", reply
+        assert b"application/json" in head
+        assert body == b'{"success":false,"error":"malformed request"}'
+
+    def test_a_head_that_never_ends_is_closed_after_the_head_timeout(self, edge: Edge) -> None:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", edge.port), timeout=HEAD_TIMEOUT * 5) as slow:
+            slow.sendall(b"GET / HTTP/1.1\r\nHost: " + edge.name().encode() + b"\r\nX-Slow: 1")
+            assert slow.recv(1) == b""  # closed by the server, no answer
+        assert time.monotonic() - started < HEAD_TIMEOUT * 3
+
+    def test_many_ports_keep_at_most_32_forwards_and_port_80_works(self, edge: Edge) -> None:
+        for port in range(20000, 20040):
+            assert edge.get(edge.name(port=port)).status_code == 502
+        runtime = Path(edge.backend.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]) / edge.vm_id
+        forwards = json.loads((runtime / "forwards.json").read_text())
+        assert len(forwards) == 32
+        response = edge.get(edge.name())
+        assert (response.status_code, response.text) == (200, PAGE)
+        assert edge.get(edge.name(port=APP_PORT), "/headers").status_code == 200
+
+    def test_guest_processes_get_none_of_the_servers_settings(self, edge: Edge) -> None:
+        runtime_dir = edge.backend.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
+        processes = qemu_processes(runtime_dir) + live_processes(
+            str(edge.backend.env["VERS_ORCHESTRATOR_DATA_DIR"]), "passt"
+        )
+        assert len(processes) >= 2
+        for pid in processes:
+            environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+            assert not [v for v in environment if v.startswith(b"VERS_ORCHESTRATOR_")], pid
 
 
 class TestStreaming:

@@ -17,6 +17,7 @@ from vers_orchestrator.drivers.base import DriverError
 # Long enough for a multi-gigabyte pull on a slow link; a hung registry ends here.
 TIMEOUT_SECONDS = 3600
 PR_SET_PDEATHSIG = 1
+SETTINGS_PREFIX = "VERS_ORCHESTRATOR_"
 
 _running: set[subprocess.Popen[str]] = set()
 _lock = threading.Lock()
@@ -49,8 +50,8 @@ def run(
 ) -> Finished:
     """Run `command` (blocking; call it from a thread) and return its output. Raises
     ToolError "<doing>: <explain(stderr)>" when it exits with a code not in `accept`, cannot
-    start, outlives `timeout` seconds or is stopped by `stop_all`. `env` is added to the
-    server's environment for the program."""
+    start, outlives `timeout` seconds or is stopped by `stop_all`. The program's environment
+    is `child_environment(env)`."""
     try:
         with _lock:
             process = subprocess.Popen(
@@ -61,7 +62,7 @@ def run(
                 stderr=subprocess.PIPE,
                 text=True,
                 errors="replace",
-                env=None if env is None else {**os.environ, **env},
+                env=child_environment(env),
             )
             _running.add(process)
     except OSError as exc:
@@ -80,6 +81,13 @@ def run(
     if process.returncode not in accept:
         raise ToolError(f"{doing}: {explain(stderr)}")
     return Finished(process.returncode, stdout, stderr)
+
+
+def child_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment for a program the server starts: the server's, less its own
+    settings (`VERS_ORCHESTRATOR_*`: the database URL, the deploy token), plus `extra`."""
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(SETTINGS_PREFIX)}
+    return {**inherited, **(extra or {})}
 
 
 def _die_with_parent() -> None:

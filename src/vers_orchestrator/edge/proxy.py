@@ -17,14 +17,17 @@ import asyncio
 import contextlib
 import json
 import logging
+import resource
 import signal
 import socket
 import ssl
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 from aiohttp import web
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
@@ -76,8 +79,16 @@ class TlsFiles:
 
 
 class EdgeProxy:
-    def __init__(self, routes: EdgeRoutes, *, tls: TlsFiles | None, max_header_bytes: int) -> None:
+    def __init__(
+        self,
+        routes: EdgeRoutes,
+        *,
+        tls: TlsFiles | None,
+        max_header_bytes: int,
+        head_timeout_seconds: float,
+    ) -> None:
         self._routes = routes
+        self._head_timeout = head_timeout_seconds
         self._tls = tls
         self._max_header_bytes = max_header_bytes
         self._ssl: ssl.SSLContext | None = None
@@ -98,12 +109,18 @@ class EdgeProxy:
             cookie_jar=aiohttp.DummyCookieJar(),
             skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
         )
-        server = web.Server(
+        soft_limit, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        server = _EdgeServer(
             self._handle,
+            # Each client connection may hold one to a guest too: half the process's file
+            # descriptors at most, the rest stay the API's.
+            max_connections=max(soft_limit // 4, 64),
             # A client that leaves cancels its request: nothing waits on a guest for it.
             handler_cancellation=True,
             access_log=None,
-            keepalive_timeout=IDLE_CONNECTION_SECONDS,
+            # aiohttp closes a connection that has not sent a whole request head this
+            # long after it opened or after its previous response: the API's head timeout.
+            keepalive_timeout=self._head_timeout,
             max_line_size=self._max_header_bytes,
             max_field_size=self._max_header_bytes,
             # Bodies pass through as they were sent, compressed or not.
@@ -140,6 +157,12 @@ class EdgeProxy:
             log.info("edge: TLS certificate reloaded from %s", self._tls.certificate)
 
     async def _handle(self, request: web.BaseRequest) -> web.StreamResponse:
+        if not request.raw_path.startswith("/"):
+            # Only a path goes to a guest: an absolute-form or authority-form target
+            # (`CONNECT @host:port`, `GET http://…`) would have named its own destination.
+            return _error(400, "the request target must be a path")
+        if request.method == "CONNECT":
+            return _error(405, "CONNECT is not supported")
         if request.path == DOMAIN_CHECK_PATH and request.method in ("GET", "HEAD"):
             return web.Response(body=DOMAIN_CHECK_ANSWER, content_type="text/plain")
         try:
@@ -308,8 +331,54 @@ def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
 
 
 def _guest_url(target: EdgeTarget, request: web.BaseRequest) -> URL:
-    # The path and query exactly as the client sent them.
-    return URL(f"http://{target.host}:{target.port}{request.raw_path}", encoded=True)
+    """The guest's address with the path and query exactly as the client sent them (a
+    path: `_handle` refuses any other request target)."""
+    path, _, query = request.raw_path.partition("?")
+    return URL.build(
+        scheme="http",
+        host=target.host,
+        port=target.port,
+        path=path,
+        query_string=query,
+        encoded=True,
+    )
+
+
+class _EdgeConnection(RequestHandler):
+    """aiohttp's connection, answering what its parser refuses in the API's JSON shape,
+    without the request's bytes and without a traceback in the log for each."""
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if status >= 500:
+            log.error("edge: %s %s failed", request.method, request.path, exc_info=exc)
+        if request.writer.output_size > 0:
+            raise ConnectionError("part of the response went out; the connection is closed")
+        response = _error(status, "internal server error" if status >= 500 else "malformed request")
+        response.force_close()
+        return response
+
+
+class _EdgeServer(web.Server):
+    """aiohttp's server with a cap on open connections: past it a new one is closed at
+    once, so that a flood of clients never takes the file descriptors the API needs."""
+
+    def __init__(self, *args: Any, max_connections: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._max_connections = max_connections
+
+    def __call__(self) -> RequestHandler:
+        return _EdgeConnection(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if len(self._connections) > self._max_connections:
+            transport.close()
 
 
 def _error(status: int, message: str) -> web.Response:

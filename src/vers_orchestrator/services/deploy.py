@@ -30,9 +30,11 @@ import re
 import shutil
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from typing import TypeVar
 
 from vers_orchestrator.auth import Principal
 from vers_orchestrator.drivers import git_sources, tools
@@ -56,11 +58,13 @@ from vers_orchestrator.store.database import Database, UniqueViolation, utc_now
 from vers_orchestrator.store.deploy import DeploySettings, Project, ProjectStatus
 
 log = logging.getLogger("vers_orchestrator.deploy")
+T = TypeVar("T")
 
 # GitHub's characters for owner and repository names; `.` and `..` alone are not names.
 REPO_PART = re.compile(r"^[A-Za-z0-9_.-]+$")
 MIN_NAME_BYTES = 3
 MAX_TEXT = 4096
+GIT_THREADS = 4
 # The VM the hosted service makes for a deploy (§5 step 8).
 DEPLOY_VM = RootConfig(vcpus=1, mem_mib=256, disk_mib=1024)
 PROJECT_DIR = "/home/user/project"
@@ -137,6 +141,9 @@ class Deploys:
         self._node = settings.vm_node
         self._work = settings.data_dir / "deploys"
         self._tasks: set[asyncio.Task[None]] = set()
+        # git's work (which may take minutes against a slow host) runs in threads of its
+        # own: the default pool's are what VM creation and file calls wait for.
+        self._git = ThreadPoolExecutor(GIT_THREADS, thread_name_prefix="deploy-git")
 
     async def create(self, principal: Principal, request: DeployRequest) -> Project:
         """Start a deploy; returns once its VM runs. Raises DeployTurnedOff (501),
@@ -224,10 +231,17 @@ class Deploys:
         )
 
     async def close(self) -> None:
+        """Stop the deploys under way (a stop kills their git; the next start marks
+        them failed)."""
         for task in self._tasks:
             task.cancel()
         if self._tasks:
+            tools.stop_all()
             await asyncio.wait(self._tasks)
+        self._git.shutdown(wait=False, cancel_futures=True)
+
+    async def _in_git_thread(self, work: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._git, work)
 
     # -- the steps ----------------------------------------------------------------------
 
@@ -235,7 +249,7 @@ class Deploys:
         url = self._clone_url(repo)
         token = self._settings.deploy_git_token
         try:
-            found = await asyncio.to_thread(git_sources.branches, url, token)
+            found = await self._in_git_thread(lambda: git_sources.branches(url, token))
         except git_sources.RepositoryMissing:
             raise NotFound(f"repository not found: {repo}") from None
         except tools.ToolError as exc:
@@ -255,17 +269,12 @@ class Deploys:
             await self._record(project, step)
             source = work / "project"
             await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
-            await asyncio.to_thread(
-                git_sources.clone,
-                self._clone_url(project.repo),
-                project.branch,
-                self._settings.deploy_git_token,
-                source,
-            )
+            url, token = self._clone_url(project.repo), self._settings.deploy_git_token
+            await self._in_git_thread(lambda: git_sources.clone(url, project.branch, token, source))
             step = "copying"
             await self._record(project, step)
             archive = work / "project.tar.gz"
-            await asyncio.to_thread(_pack, source, archive)
+            await self._in_git_thread(lambda: _pack(source, archive))
             await self._vms.guest.upload(
                 principal, vm_id, ARCHIVE_IN_GUEST, _chunks(archive), 0o600, True
             )
@@ -396,8 +405,14 @@ def _last_lines(text: str, count: int = 3) -> str:
 
 
 def _pack(source: Path, archive: Path) -> None:
+    """The clone as a tarball for the guest, without `.git`: a static site would serve it
+    (the repository's name, its host), and the application has its files."""
     with tarfile.open(archive, "w:gz") as tar:
-        tar.add(source, arcname="project")
+        tar.add(source, arcname="project", filter=_without_git)
+
+
+def _without_git(member: tarfile.TarInfo) -> tarfile.TarInfo | None:
+    return None if member.name == "project/.git" else member
 
 
 async def _chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:

@@ -34,8 +34,8 @@ from vers_orchestrator.store.database import Database
 from vers_orchestrator.store.vms import State, Vm
 
 WEB_PORT = 80
-# A running VM's route is reused this long without asking the database and the driver
-# again: half the edge's CPU per request (bench/README.md). A change this server makes (a
+# A running VM's route (which VM, which port) is reused this long without asking the
+# database again: half the edge's CPU per request (bench/README.md). A change this server makes (a
 # pause, a delete, a label, a domain deleted) drops it at once; one made through another
 # replica reaches the edge within this time.
 ROUTE_CACHE_SECONDS = 1.0
@@ -53,6 +53,12 @@ class EdgeTarget:
     vm_id: str
     guest_port: int
     host: str
+    port: int
+
+
+@dataclass(frozen=True, slots=True)
+class _Route:
+    vm_id: str
     port: int
 
 
@@ -99,7 +105,7 @@ class EdgeRoutes:
         """`base_domain`: the edge's VM names end in `.vm.<base_domain>`; `node`: this
         server's name for its VMs (`Settings.vm_node`), the only ones its driver reaches."""
         self._node = node
-        self._routes: dict[str, tuple[float, EdgeTarget]] = {}
+        self._routes: dict[str, tuple[float, _Route]] = {}
         vms.on_change(self.forget)
         self._db = db
         self._driver = driver
@@ -113,19 +119,28 @@ class EdgeRoutes:
         now = time.monotonic()
         cached = self._routes.get(name)
         if cached is not None and cached[0] > now:
-            return cached[1]
-        target = await self._resolve(name)
-        if len(self._routes) >= MAX_CACHED_ROUTES:
-            self._routes.clear()
-        self._routes[name] = (now + ROUTE_CACHE_SECONDS, target)
-        return target
+            route = cached[1]
+        else:
+            route = await self._route(name)
+            if len(self._routes) >= MAX_CACHED_ROUTES:
+                self._routes.clear()
+            self._routes[name] = (now + ROUTE_CACHE_SECONDS, route)
+        # The address is the driver's every time: a forward it dropped may have given its
+        # host port to another VM's.
+        try:
+            host, local_port = await self._driver.guest_port(route.vm_id, route.port)
+        except (driver_api.VmNotFound, driver_api.VmNotRunning):
+            self.forget(route.vm_id)
+            raise EdgeVmNotRunning() from None
+        return EdgeTarget(route.vm_id, route.port, host, local_port)
 
     def forget(self, vm_id: str) -> None:
         """Drop the cached routes to a VM (its state, labels or domains changed)."""
-        for name in [n for n, (_, target) in self._routes.items() if target.vm_id == vm_id]:
+        for name in [n for n, (_, route) in self._routes.items() if route.vm_id == vm_id]:
             del self._routes[name]
 
-    async def _resolve(self, name: str) -> EdgeTarget:
+    async def _route(self, name: str) -> _Route:
+        """The VM and guest port a name leads to, the VM running (woken if it asks)."""
         named = vm_name(name, self._base_domain)
         if named is None:
             found = await self._db.read(lambda tx: domain_store.vm_of_domain(tx, name))
@@ -138,13 +153,8 @@ class EdgeRoutes:
             raise EdgeHostUnknown()
         if vm.node != self._node:
             raise EdgeVmNotRunning("the VM runs on another server of this deployment")
-        port = named.port if named.port is not None else web_port(vm)
         await self._wake_if_asked(vm)
-        try:
-            host, local_port = await self._driver.guest_port(vm.vm_id, port)
-        except (driver_api.VmNotFound, driver_api.VmNotRunning):
-            raise EdgeVmNotRunning() from None
-        return EdgeTarget(vm.vm_id, port, host, local_port)
+        return _Route(vm.vm_id, named.port if named.port is not None else web_port(vm))
 
     async def _wake_if_asked(self, vm: Vm) -> None:
         if vm.state is State.RUNNING:

@@ -326,6 +326,10 @@ class QemuDriver:
 
     async def guest_port(self, vm_id: str, port: int) -> tuple[str, int]:
         host = self._host
+        # Known forwards are answered from memory: the edge asks for every request.
+        known = host.forwards.get(vm_id, {}).get(port)
+        if known is not None:
+            return "127.0.0.1", known
         async with host.network_lock(vm_id):
             host.load_vm(vm_id)
             await host.require_alive(vm_id)
@@ -334,6 +338,7 @@ class QemuDriver:
             if local_port is None:
                 async with await host.qmp(vm_id) as qmp:
                     local_port = await network.add_forward(qmp, runtime, port, free_port)
+            host.forwards[vm_id] = network.read_forwards(runtime)
         return "127.0.0.1", local_port
 
     async def close(self) -> None:

@@ -212,3 +212,7 @@ class Guests:
                     )
                 except DriverError as exc:
                     log.debug("clock of VM %s not synchronised: %s", vm_id, exc)
+                except Exception:
+                    # Out of file descriptors, say: the next round tries again; the task
+                    # must not end (it did, silently, under a flood of edge connections).
+                    log.exception("clock of VM %s not synchronised", vm_id)

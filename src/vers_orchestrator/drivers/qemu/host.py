@@ -102,6 +102,8 @@ class VmHost:
         self._locks: dict[str, asyncio.Lock] = {}
         # Forwards are added under a lock of their own: they must not wait for a commit.
         self._network_locks: dict[str, asyncio.Lock] = {}
+        # Each VM's forwards as this driver last read or made them (`QemuDriver.guest_port`).
+        self.forwards: dict[str, dict[int, int]] = {}
         self._states: dict[str, VmState] = {}
         self.files_lock = asyncio.Lock()
         self._qemu_version: str | None = None
@@ -117,6 +119,7 @@ class VmHost:
     def forget(self, vm_id: str) -> None:
         self._locks.pop(vm_id, None)
         self._network_locks.pop(vm_id, None)
+        self.forwards.pop(vm_id, None)
         self._states.pop(vm_id, None)
 
     def load_vm(self, vm_id: str) -> VmRecord:
@@ -220,6 +223,7 @@ class VmHost:
         runtime = self.layout.runtime(vm_id)
         await stop_process(read_pid(self.layout.pidfile(vm_id), qmp_socket(runtime)))
         await stop_passt(runtime, self.passt_log(vm_id))
+        self.forwards.pop(vm_id, None)
         await asyncio.to_thread(shutil.rmtree, runtime, True)
         await asyncio.to_thread(shutil.rmtree, self.layout.vm_dir(vm_id), True)
         self._states.pop(vm_id, None)

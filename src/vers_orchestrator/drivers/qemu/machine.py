@@ -19,6 +19,7 @@ from vers_orchestrator.agent.protocol import PORT_NAME
 from vers_orchestrator.drivers.base import DriverError
 from vers_orchestrator.drivers.qemu.accelerator import Accelerator
 from vers_orchestrator.drivers.qemu.layout import VmRecord, agent_socket, qmp_socket
+from vers_orchestrator.drivers.tools import child_environment
 
 RAM_BLOCK_ID = "ram0"
 # Measured under TCG on one vCPU: every command vers-agent starts is put in a cgroup of its
@@ -116,6 +117,7 @@ async def launch(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=errors,
             pass_fds=pass_fds,
+            env=child_environment(),
         )
     # With -daemonize the first process exits once the VM is set up; errors come before.
     if await process.wait() != 0:
@@ -168,6 +170,7 @@ async def run(*command: str) -> str:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        env=child_environment(),
     )
     stdout, stderr = await process.communicate()
     if process.returncode != 0:

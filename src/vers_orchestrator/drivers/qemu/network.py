@@ -30,6 +30,7 @@ from pathlib import Path
 from vers_orchestrator.drivers.base import DriverError
 from vers_orchestrator.drivers.qemu.machine import read_pid, stop_process
 from vers_orchestrator.drivers.qemu.qmp import QmpClient, QmpError
+from vers_orchestrator.drivers.tools import child_environment
 
 NETWORK_MODES = ("nat", "none")
 PASST = "passt"
@@ -41,6 +42,8 @@ GUEST_OUTBOUND_GATEWAY = "10.0.3.2"
 # Where QEMU's user networking puts the guest on net0 (its default), the target of forwards.
 GUEST_INBOUND_ADDRESS = "10.0.2.15"
 MAX_GUEST_PORT = 65535
+# Forwards a VM keeps at once (ports reached through the edge); the oldest goes first.
+MAX_FORWARDS = 32
 _FORWARD_FAILED = re.compile(r"could not set up host forwarding rule", re.IGNORECASE)
 
 
@@ -93,6 +96,7 @@ async def start_passt(runtime: Path, log_file: Path) -> socket.socket:
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
             pass_fds=(passt_end.fileno(),),
+            env=child_environment(),
             # Not in the server's process group: a Ctrl-C to the server must not cut the
             # VMs' network, and the VM outlives the server.
             start_new_session=True,
@@ -116,7 +120,7 @@ async def stop_passt(runtime: Path, log_file: Path) -> None:
 
 def forwarded_port(runtime: Path, port: int) -> int | None:
     """The port on 127.0.0.1 already forwarded to guest `port`, if any."""
-    return _read_forwards(runtime).get(port)
+    return read_forwards(runtime).get(port)
 
 
 async def add_forward(
@@ -124,10 +128,22 @@ async def add_forward(
 ) -> int:
     """Forward a port on 127.0.0.1 to `port` in the guest, through the running QEMU's user
     network (`hostfwd_add`), and list it in the runtime folder: forwards live as long as
-    the QEMU. The caller holds the VM's network lock. Raises NetworkError."""
+    the QEMU. A VM has at most MAX_FORWARDS; the oldest goes to make room (anyone who
+    reaches the edge names ports, and each forward is a listening socket of QEMU's). The
+    caller holds the VM's network lock. Raises NetworkError."""
     if not 1 <= port <= MAX_GUEST_PORT:
         raise NetworkError(f"guest port {port} is not between 1 and {MAX_GUEST_PORT}")
-    forwards = _read_forwards(runtime)
+    forwards = read_forwards(runtime)
+    while len(forwards) >= MAX_FORWARDS:
+        oldest = next(iter(forwards))
+        rule = f"tcp:127.0.0.1:{forwards.pop(oldest)}"
+        try:
+            await qmp.execute(
+                "human-monitor-command", {"command-line": f"hostfwd_remove net0 {rule}"}
+            )
+        except QmpError as exc:
+            raise NetworkError(f"removing the forward to guest port {oldest}: {exc}") from None
+        _write_forwards(runtime, forwards)
     for _ in range(5):
         host_port = pick_port()
         rule = f"tcp:127.0.0.1:{host_port}-{GUEST_INBOUND_ADDRESS}:{port}"
@@ -145,7 +161,8 @@ async def add_forward(
     raise NetworkError(f"could not forward a host port to guest port {port}")
 
 
-def _read_forwards(runtime: Path) -> dict[int, int]:
+def read_forwards(runtime: Path) -> dict[int, int]:
+    """Guest port → host port of the VM's forwards, oldest first."""
     try:
         data = json.loads(forwards_file(runtime).read_text())
     except FileNotFoundError:
