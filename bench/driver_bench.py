@@ -34,6 +34,25 @@ RESULTS = REPO / "bench" / "results" / "driver.json"
 SPEC = VmSpec(mem_mib=256, vcpus=1, disk_mib=1024)
 TRUE = ExecRequest(argv=("true",))
 IDLE_SECONDS = 10.0
+# Inside the guest, beside a commit: wake every millisecond and keep the longest step of
+# the wall clock between two wakeups. The guest's clocks stand still while its vCPUs are
+# stopped; the driver sets the wall clock right after (`Guests.set_clock`), so the stop
+# shows as one step of the wall clock, as a process writing a timestamp every millisecond
+# would see it. Written to tmpfs when it ends (after `GAP_SECONDS`).
+GAP_SECONDS = 4.0
+GAP_PROGRAM = """
+import sys, time
+end = time.monotonic() + float(sys.argv[1])
+last = time.time()
+longest = 0.0
+while time.monotonic() < end:
+    time.sleep(0.001)
+    now = time.time()
+    longest = max(longest, now - last)
+    last = now
+with open("/dev/shm/longest-gap", "w") as out:
+    out.write(repr(longest))
+"""
 
 
 class Bench:
@@ -67,9 +86,17 @@ class Bench:
 
     async def commit(self, name: str, vm_id: str) -> str:
         commit_id = self.new_id("commit")
+        # The gap watcher runs in the background, the commit in its middle.
+        watcher = ('python3 -c "$1" "$2" >/dev/null 2>&1 &', "watcher", GAP_PROGRAM)
+        await self.driver.exec(vm_id, ExecRequest(argv=("sh", "-c", *watcher, str(GAP_SECONDS))))
+        await asyncio.sleep(GAP_SECONDS / 2)
         await self.timed(f"{name}: commit call", lambda: self.driver.commit(vm_id, commit_id))
         record = json.loads((self.state_dir / "commits" / commit_id / "commit.json").read_text())
         self.record(f"{name}: commit pause (VM stopped)", record["pause_seconds"])
+        await asyncio.sleep(GAP_SECONDS)
+        longest = await self.driver.read_file(vm_id, "/dev/shm/longest-gap")
+        self.record(f"{name}: longest wall-clock step seen in the guest", float(longest))
+        await self.driver.exec(vm_id, ExecRequest(argv=("rm", "-f", "/dev/shm/longest-gap")))
         return commit_id
 
     async def restore(self, commit_id: str, count: int) -> list[str]:
