@@ -176,9 +176,11 @@ def main() -> None:
                     f" p99 {run.p99_ms:.1f} ms, errors {run.errors}",
                     flush=True,
                 )
-        with server.client(key.token) as client:
-            client.delete(f"/api/v1/vm/{vm_id}")
     finally:
+        # Every VM goes, also after a failed round: VMs outlive their server.
+        with server.client(key.token) as client:
+            for vm in client.get("/api/v1/vm").json():
+                client.delete(f"/api/v1/vm/{vm['vm_id']}")
         server.stop()
         backend.drop()
     direct, edge = median(runs["direct"]), median(runs["edge"])
