@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 
-import msgspec
 from litestar import MediaType, Response
 from litestar.exceptions import (
     HTTPException,
@@ -27,15 +26,9 @@ from vers_orchestrator.errors import (
     InvalidQuery,
     VersError,
 )
-from vers_orchestrator.schemas.common import ErrorResponse
+from vers_orchestrator.schemas.common import error_body
 
 log = logging.getLogger("vers_orchestrator.errors")
-
-_encode = msgspec.json.Encoder().encode
-
-
-def error_body(message: str) -> bytes:
-    return _encode(ErrorResponse(success=False, error=message))
 
 
 def error_response(status_code: int, message: str) -> Response[bytes]:

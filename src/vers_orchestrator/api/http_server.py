@@ -28,7 +28,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from vers_orchestrator.api.errors import error_body
+from vers_orchestrator.schemas.common import error_body
 
 log = logging.getLogger("vers_orchestrator.http")
 

@@ -27,7 +27,6 @@ from vers_orchestrator.api.asgi import (
     replay,
 )
 from vers_orchestrator.api.direct import direct_call
-from vers_orchestrator.api.errors import error_body
 from vers_orchestrator.api.paths import routing_path
 from vers_orchestrator.api.query import check_integers, integer_parameters
 from vers_orchestrator.api.responses import json_reply
@@ -39,6 +38,7 @@ from vers_orchestrator.errors import (
     UnsupportedMediaType,
 )
 from vers_orchestrator.ids import new_id
+from vers_orchestrator.schemas.common import error_body
 from vers_orchestrator.services import idempotency
 
 PUBLIC = "public"  # handler opt: no authentication

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import resource
 import signal
@@ -32,6 +31,7 @@ from multidict import CIMultiDict, MultiMapping
 from yarl import URL
 
 from vers_orchestrator.errors import GuestPortUnreachable, VersError
+from vers_orchestrator.schemas.common import error_body
 from vers_orchestrator.services.edge import EdgeRoutes, EdgeTarget
 
 log = logging.getLogger("vers_orchestrator.edge")
@@ -318,16 +318,22 @@ async def _pump(source: WebSocket, sink: WebSocket) -> None:
 
 
 def _is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    tokens = {token.strip().lower() for token in request.headers.get("Connection", "").split(",")}
-    return "upgrade" in tokens and request.headers.get("Upgrade", "").lower() == "websocket"
+    upgrade = request.headers.get("Upgrade", "").lower() == "websocket"
+    return upgrade and "upgrade" in _connection_tokens(request.headers)
 
 
 def _hop_by_hop(headers: MultiMapping[str]) -> frozenset[str]:
     """The hop-by-hop headers: the fixed ones and any a Connection header names."""
-    named: set[str] = set()
-    for value in headers.getall("Connection", []):
-        named.update(token.strip().lower() for token in value.split(","))
-    return HOP_BY_HOP | named
+    return HOP_BY_HOP | _connection_tokens(headers)
+
+
+def _connection_tokens(headers: MultiMapping[str]) -> frozenset[str]:
+    """The names in every Connection header, lowercase."""
+    return frozenset(
+        token.strip().lower()
+        for value in headers.getall("Connection", [])
+        for token in value.split(",")
+    )
 
 
 def _guest_url(target: EdgeTarget, request: web.BaseRequest) -> URL:
@@ -382,6 +388,4 @@ class _EdgeServer(web.Server):
 
 
 def _error(status: int, message: str) -> web.Response:
-    """The API's error body (`api.errors`), byte for byte."""
-    body = json.dumps({"success": False, "error": message}, separators=(",", ":"))
-    return web.Response(body=body.encode(), status=status, content_type="application/json")
+    return web.Response(body=error_body(message), status=status, content_type="application/json")

@@ -18,6 +18,14 @@ class ErrorResponse(msgspec.Struct):
     error: Annotated[str, msgspec.Meta(description="Reason of error")]
 
 
+_encode = msgspec.json.Encoder().encode
+
+
+def error_body(message: str) -> bytes:
+    """Every error's body, the API's and the edge's: `{"success":false,"error":"..."}`."""
+    return _encode(ErrorResponse(success=False, error=message))
+
+
 def timestamp_field(description: str | None = None) -> msgspec.Meta:
     """A timestamp carried as text (see `rfc3339`), documented as `format: date-time`."""
     return msgspec.Meta(

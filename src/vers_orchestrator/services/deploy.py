@@ -50,6 +50,7 @@ from vers_orchestrator.errors import (
 from vers_orchestrator.services.edge import PORT_LABEL
 from vers_orchestrator.services.validation import validate_text
 from vers_orchestrator.services.vms import Vms
+from vers_orchestrator.services.vms.context import canonical_or_none
 from vers_orchestrator.services.vms.guest import Command, ExecOutcome
 from vers_orchestrator.services.vms.lifecycle import RootConfig
 from vers_orchestrator.settings import Settings
@@ -188,12 +189,7 @@ class Deploys:
         except UniqueViolation:
             raise ProjectNameTaken(name) from None
         try:
-            config = RootConfig(
-                vcpus=DEPLOY_VM.vcpus,
-                mem_mib=DEPLOY_VM.mem_mib,
-                disk_mib=DEPLOY_VM.disk_mib,
-                labels={"project": name},
-            )
+            config = replace(DEPLOY_VM, labels={"project": name})
             vm = await self._vms.lifecycle.new_root(principal, config, wait_boot=True)
             await self._db.write(
                 lambda tx: deploy_store.set_vm(tx, project.project_id, vm.vm_id, utc_now())
@@ -211,10 +207,9 @@ class Deploys:
         return started
 
     async def get(self, principal: Principal, project_id: str) -> Project:
-        try:
-            canonical = str(uuid.UUID(project_id))
-        except ValueError:
-            raise ProjectNotFound() from None
+        canonical = canonical_or_none(project_id)
+        if canonical is None:
+            raise ProjectNotFound()
         found = await self._db.read(
             lambda tx: deploy_store.get_in_org(tx, principal.org_id, canonical)
         )

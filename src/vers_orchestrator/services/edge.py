@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
 from dataclasses import dataclass
 
 from vers_orchestrator.drivers import base as driver_api
@@ -27,6 +26,7 @@ from vers_orchestrator.errors import (
     VmNotRunning,
 )
 from vers_orchestrator.services.vms import Vms
+from vers_orchestrator.services.vms.context import canonical_or_none
 from vers_orchestrator.settings import Settings
 from vers_orchestrator.store import domains as domain_store
 from vers_orchestrator.store import vms as vm_store
@@ -88,9 +88,8 @@ def vm_name(name: str, base_domain: str) -> NamedPort | None:
     match = _VM_NAME.match(name[: -len(suffix)])
     if match is None:
         return None
-    try:
-        vm_id = str(uuid.UUID(match["vm_id"]))
-    except ValueError:
+    vm_id = canonical_or_none(match["vm_id"])
+    if vm_id is None:
         return None
     port = match["port"]
     if port is not None and not 1 <= int(port) <= 65535:

@@ -334,12 +334,12 @@ class QemuDriver:
             host.load_vm(vm_id)
             await host.require_alive(vm_id)
             runtime = host.layout.runtime(vm_id)
-            local_port = network.forwarded_port(runtime, port)
-            if local_port is None:
+            forwards = network.read_forwards(runtime)
+            if port not in forwards:
                 async with await host.qmp(vm_id) as qmp:
-                    local_port = await network.add_forward(qmp, runtime, port, free_port)
-            host.forwards[vm_id] = network.read_forwards(runtime)
-        return "127.0.0.1", local_port
+                    await network.add_forward(qmp, runtime, forwards, port, free_port)
+            host.forwards[vm_id] = forwards
+        return "127.0.0.1", forwards[port]
 
     async def close(self) -> None:
         await self._guests.close()

@@ -19,8 +19,6 @@ and exits when its QEMU does.
 from __future__ import annotations
 
 import asyncio
-import json
-import os
 import re
 import shutil
 import socket
@@ -28,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vers_orchestrator.drivers.base import DriverError
+from vers_orchestrator.drivers.qemu.layout import read_json, write_json
 from vers_orchestrator.drivers.qemu.machine import read_pid, stop_process
 from vers_orchestrator.drivers.qemu.qmp import QmpClient, QmpError
 from vers_orchestrator.drivers.tools import child_environment
@@ -118,22 +117,21 @@ async def stop_passt(runtime: Path, log_file: Path) -> None:
     await stop_process(read_pid(passt_pidfile(runtime), log_file))
 
 
-def forwarded_port(runtime: Path, port: int) -> int | None:
-    """The port on 127.0.0.1 already forwarded to guest `port`, if any."""
-    return read_forwards(runtime).get(port)
-
-
 async def add_forward(
-    qmp: QmpClient, runtime: Path, port: int, pick_port: Callable[[], int]
-) -> int:
+    qmp: QmpClient,
+    runtime: Path,
+    forwards: dict[int, int],
+    port: int,
+    pick_port: Callable[[], int],
+) -> dict[int, int]:
     """Forward a port on 127.0.0.1 to `port` in the guest, through the running QEMU's user
     network (`hostfwd_add`), and list it in the runtime folder: forwards live as long as
-    the QEMU. A VM has at most MAX_FORWARDS; the oldest goes to make room (anyone who
-    reaches the edge names ports, and each forward is a listening socket of QEMU's). The
-    caller holds the VM's network lock. Raises NetworkError."""
+    the QEMU. `forwards` are the VM's now (`read_forwards`), changed in place and returned.
+    A VM has at most MAX_FORWARDS; the oldest goes to make room (anyone who reaches the
+    edge names ports, and each forward is a listening socket of QEMU's). The caller holds
+    the VM's network lock. Raises NetworkError."""
     if not 1 <= port <= MAX_GUEST_PORT:
         raise NetworkError(f"guest port {port} is not between 1 and {MAX_GUEST_PORT}")
-    forwards = read_forwards(runtime)
     while len(forwards) >= MAX_FORWARDS:
         oldest = next(iter(forwards))
         rule = f"tcp:127.0.0.1:{forwards.pop(oldest)}"
@@ -156,7 +154,7 @@ async def add_forward(
         if not (isinstance(output, str) and _FORWARD_FAILED.search(output)):
             forwards[port] = host_port
             _write_forwards(runtime, forwards)
-            return host_port
+            return forwards
         # Another process took the port between our probe and QEMU's bind: another one.
     raise NetworkError(f"could not forward a host port to guest port {port}")
 
@@ -164,14 +162,11 @@ async def add_forward(
 def read_forwards(runtime: Path) -> dict[int, int]:
     """Guest port → host port of the VM's forwards, oldest first."""
     try:
-        data = json.loads(forwards_file(runtime).read_text())
+        data = read_json(forwards_file(runtime))
     except FileNotFoundError:
         return {}
     return {int(guest): int(host) for guest, host in data.items()}
 
 
 def _write_forwards(runtime: Path, forwards: dict[int, int]) -> None:
-    path = forwards_file(runtime)
-    staged = path.with_name(f".{path.name}.tmp")
-    staged.write_text(json.dumps({str(k): v for k, v in forwards.items()}))
-    os.replace(staged, path)
+    write_json(forwards_file(runtime), {str(guest): host for guest, host in forwards.items()})
