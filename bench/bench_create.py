@@ -207,17 +207,42 @@ def run_wrk(target: str, pid: int, port: int, key: str, connections: int, durati
         check=True,
     ).stdout
     cpu = cpu_seconds(pid) - cpu_before
-    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    numbers = read_wrk(output)
+    return Result(
+        target=target,
+        connections=connections,
+        requests_per_second=numbers.requests_per_second,
+        cpu_us_per_request=cpu / numbers.requests * 1e6,
+        p50_ms=numbers.p50_ms,
+        p99_ms=numbers.p99_ms,
+        non_2xx=numbers.non_2xx,
+        socket_errors=numbers.socket_errors,
+    )
+
+
+@dataclass
+class WrkNumbers:
+    requests: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    non_2xx: int
+    socket_errors: int
+
+
+def read_wrk(output: str) -> WrkNumbers:
+    """What `wrk --latency` printed. Raises RuntimeError when it measured nothing."""
+    # wrk pads a latency such as "1.07s " with a space.
+    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
+    if "99" not in percentile:
+        raise RuntimeError(f"wrk measured nothing:\n{output}")
     non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     errors = re.search(
         r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
     )
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    return Result(
-        target=target,
-        connections=connections,
+    return WrkNumbers(
+        requests=int(re.search(r"(\d+) requests in", output).group(1)),  # type: ignore[union-attr]
         requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
-        cpu_us_per_request=cpu / requests * 1e6,
         p50_ms=to_ms(percentile["50"]),
         p99_ms=to_ms(percentile["99"]),
         non_2xx=int(non_2xx.group(1)) if non_2xx else 0,

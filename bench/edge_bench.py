@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.support import IMAGES_DIR, Backend, Server, free_port, make_key  # noqa: E402
 
-from bench_create import cpu_seconds, to_ms  # noqa: E402  (this folder)
+from bench_create import cpu_seconds, read_wrk  # noqa: E402  (this folder)
 from vers_orchestrator.drivers.qemu.images import ensure_default_image  # noqa: E402
 
 GUEST_PORT = 8000
@@ -84,23 +83,14 @@ def wrk(url: str, host: str | None, connections: int, duration: int, server_pid:
     before = cpu_seconds(server_pid)
     output = subprocess.run([*command, url], capture_output=True, text=True, check=True).stdout
     cpu = cpu_seconds(server_pid) - before
-    # wrk pads "1.07s " with a space.
-    percentile = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
-    if "99" not in percentile:
-        raise RuntimeError(f"wrk measured nothing:\n{output}")
-    requests = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
-    errors = re.search(
-        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
-    )
-    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    numbers = read_wrk(output)
     return Run(
         path="edge" if host else "direct",
-        requests_per_second=float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
-        p50_ms=to_ms(percentile["50"]),
-        p99_ms=to_ms(percentile["99"]),
-        errors=(sum(int(n) for n in errors.groups()) if errors else 0)
-        + (int(non_2xx.group(1)) if non_2xx else 0),
-        server_cpu_us_per_request=cpu / max(requests, 1) * 1e6,
+        requests_per_second=numbers.requests_per_second,
+        p50_ms=numbers.p50_ms,
+        p99_ms=numbers.p99_ms,
+        errors=numbers.socket_errors + numbers.non_2xx,
+        server_cpu_us_per_request=cpu / max(numbers.requests, 1) * 1e6,
     )
 
 

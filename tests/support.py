@@ -260,6 +260,25 @@ def qemu_processes(marker: str) -> list[int]:
     return live_processes(marker, "qemu-system")
 
 
+def shut_down(server: Server, backend: Backend, token: str) -> list[int]:
+    """End a module that made VMs: delete every VM of the key's organization, stop the
+    server, kill any QEMU that outlived it, drop the database. Returns the pids of those
+    QEMU processes, which the caller asserts there were none of."""
+    runtime_dir = backend.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
+    try:
+        with server.client(token) as client:
+            client.timeout = httpx.Timeout(240.0)
+            for vm in client.get("/api/v1/vm").json():
+                client.delete(f"/api/v1/vm/{vm['vm_id']}")
+    finally:
+        server.stop()
+        leftovers = qemu_processes(runtime_dir)
+        for pid in leftovers:
+            os.kill(pid, signal.SIGKILL)
+        backend.drop()
+    return leftovers
+
+
 def error(message: str) -> dict[str, Any]:
     return {"success": False, "error": message}
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -29,8 +28,8 @@ from tests.support import (
     error,
     free_port,
     make_key,
-    qemu_processes,
     sdk_call,
+    shut_down,
 )
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
 from vers_orchestrator.services.deploy import serve_path
@@ -133,18 +132,10 @@ def world(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         yield shared
     finally:
-        runtime_dir = created.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
         try:
-            with server.client(shared.key.token) as client:
-                for vm in client.get("/api/v1/vm").json():
-                    client.delete(f"/api/v1/vm/{vm['vm_id']}")
+            leftovers = shut_down(server, created, shared.key.token)
         finally:
-            server.stop()
             git.stop()
-            leftovers = qemu_processes(runtime_dir)
-            for pid in leftovers:
-                os.kill(pid, signal.SIGKILL)
-            created.drop()
         assert leftovers == [], "VMs outlived the module"
 
 

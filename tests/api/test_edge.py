@@ -39,6 +39,7 @@ from tests.support import (
     make_key,
     qemu_processes,
     sdk_call,
+    shut_down,
 )
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
 
@@ -146,17 +147,7 @@ def edge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Edge]:
         start_web_servers(shared, shared.vm_id)
         yield shared
     finally:
-        runtime_dir = backend.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
-        try:
-            with shared.api() as client:
-                for vm in client.get("/api/v1/vm").json():
-                    client.delete(f"/api/v1/vm/{vm['vm_id']}")
-        finally:
-            shared.server.stop()
-            leftovers = qemu_processes(runtime_dir)
-            for pid in leftovers:
-                os.kill(pid, signal.SIGKILL)
-            backend.drop()
+        leftovers = shut_down(shared.server, backend, shared.key.token)
         assert leftovers == [], "VMs outlived the module"
 
 

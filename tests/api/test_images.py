@@ -43,8 +43,8 @@ from tests.support import (
     Server,
     error,
     make_key,
-    qemu_processes,
     sdk_call,
+    shut_down,
     unique_name,
 )
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
@@ -152,17 +152,11 @@ def world(backend: Backend, tmp_path_factory: pytest.TempPathFactory) -> Iterato
     try:
         yield world
     finally:
-        runtime_dir = created.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
         try:
-            with world.client() as client:
-                for vm in client.get("/api/v1/vm").json():
-                    client.delete(f"/api/v1/vm/{vm['vm_id']}")
+            leftovers = shut_down(server, created, world.key.token)
         finally:
-            server.stop()
             for component in (registry, private, locked, s3):
                 component.stop()
-            leftovers = qemu_processes(runtime_dir)
-            created.drop()
         assert leftovers == [], "VMs outlived the module"
 
 

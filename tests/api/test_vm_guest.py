@@ -12,7 +12,6 @@ import base64
 import hashlib
 import json
 import os
-import signal
 import sys
 import threading
 import time
@@ -33,8 +32,8 @@ from tests.support import (
     Server,
     error,
     make_key,
-    qemu_processes,
     sdk_call,
+    shut_down,
 )
 from vers_orchestrator.drivers.qemu.images import ensure_default_image
 
@@ -89,17 +88,7 @@ def guest(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Guest]:
         shared.vm_id = created["vm_id"]
         yield shared
     finally:
-        runtime_dir = backend.env["VERS_ORCHESTRATOR_VM_RUNTIME_DIR"]
-        try:
-            with shared.client() as client:
-                for vm in client.get("/api/v1/vm").json():
-                    client.delete(f"/api/v1/vm/{vm['vm_id']}")
-        finally:
-            server.stop()
-            leftovers = qemu_processes(runtime_dir)
-            for pid in leftovers:
-                os.kill(pid, signal.SIGKILL)
-            backend.drop()
+        leftovers = shut_down(server, backend, shared.key.token)
         assert leftovers == [], "VMs outlived the module"
 
 

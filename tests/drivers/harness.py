@@ -53,8 +53,10 @@ class Harness(Protocol):
 class QemuHarness:
     name = "qemu"
 
-    def __init__(self, scratch: Path) -> None:
+    def __init__(self, scratch: Path, network: str = "nat") -> None:
+        """`network`: the driver's guest network, "nat" or "none"."""
         ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
+        self.network = network
         self.state_dir = scratch / "state"
         # Unix socket paths are limited to 107 bytes, pytest's tmp paths are long.
         self.runtime_dir = Path(f"/dev/shm/vers-orch-test-{secrets.token_hex(4)}")
@@ -66,6 +68,7 @@ class QemuHarness:
                 runtime_dir=self.runtime_dir,
                 images_dir=IMAGES_DIR,
                 accelerator=os.environ.get(ACCELERATOR_VARIABLE, "auto"),
+                network=self.network,
             )
         )
 

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import os
-import secrets
-import shutil
-import signal
 import socket
-import sys
 import threading
 import urllib.request
 from collections.abc import Iterator
@@ -19,11 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from tests.drivers.harness import IMAGES_DIR
+from tests.drivers.harness import QemuHarness, run
 from tests.support import live_processes
 from vers_orchestrator.drivers.base import ExecRequest, VmSpec
-from vers_orchestrator.drivers.qemu.driver import QemuDriver, QemuDriverConfig
-from vers_orchestrator.drivers.qemu.images import ensure_default_image
+from vers_orchestrator.drivers.qemu.driver import QemuDriver
 
 SPEC = VmSpec(vcpus=1, mem_mib=256, disk_mib=1024)
 
@@ -64,40 +58,7 @@ class WebServer:
         self._server.server_close()
 
 
-class Lab:
-    def __init__(self, scratch: Path, network: str) -> None:
-        self.state_dir = scratch / f"state-{network}"
-        self.runtime_dir = Path(f"/dev/shm/vers-orch-net-{secrets.token_hex(4)}")
-        self.network = network
-
-    def driver(self) -> QemuDriver:
-        return QemuDriver(
-            QemuDriverConfig(
-                state_dir=self.state_dir,
-                runtime_dir=self.runtime_dir,
-                images_dir=IMAGES_DIR,
-                network=self.network,
-            )
-        )
-
-    def run(self, work):  # type: ignore[no-untyped-def]
-        async def session():  # type: ignore[no-untyped-def]
-            driver = self.driver()
-            try:
-                return await work(driver)
-            finally:
-                await driver.close()
-
-        return asyncio.run(session())
-
-    def destroy(self) -> None:
-        for pid in live_processes(str(self.runtime_dir)) + live_processes(str(self.state_dir)):
-            os.kill(pid, signal.SIGKILL)
-        shutil.rmtree(self.runtime_dir, ignore_errors=True)
-        shutil.rmtree(self.state_dir, ignore_errors=True)
-
-
-def fetch(lab: Lab, vm_id: str, url: str) -> str:
+def fetch(lab: QemuHarness, vm_id: str, url: str) -> str:
     """What the guest gets for `url`: the body, or the name of the error."""
     program = (
         "import urllib.request, sys\n"
@@ -106,7 +67,7 @@ def fetch(lab: Lab, vm_id: str, url: str) -> str:
         "except Exception as exc:\n"
         "    print(type(exc).__name__)\n"
     )
-    result = lab.run(lambda d: d.exec(vm_id, ExecRequest(argv=("python3", "-c", program))))
+    result = run(lab, lambda d: d.exec(vm_id, ExecRequest(argv=("python3", "-c", program))))
     assert result.exit_code == 0, result
     return str(result.stdout.decode().strip())
 
@@ -124,11 +85,10 @@ def servers() -> Iterator[tuple[str, WebServer, WebServer]]:
 
 
 @pytest.fixture(scope="module")
-def nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Lab, str]]:
-    ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
-    lab = Lab(tmp_path_factory.mktemp("net"), "nat")
+def nat(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[QemuHarness, str]]:
+    lab = QemuHarness(tmp_path_factory.mktemp("net"), network="nat")
     try:
-        lab.run(lambda d: d.create_vm("nat-root", SPEC))
+        run(lab, lambda d: d.create_vm("nat-root", SPEC))
         yield lab, "nat-root"
     finally:
         lab.destroy()
@@ -141,14 +101,14 @@ def loopback_urls(address: str, port: int) -> list[str]:
 
 class TestNat:
     def test_a_guest_reaches_a_server_on_the_hosts_network(
-        self, nat: tuple[Lab, str], servers: tuple[str, WebServer, WebServer]
+        self, nat: tuple[QemuHarness, str], servers: tuple[str, WebServer, WebServer]
     ) -> None:
         lab, vm = nat
         address, public, _ = servers
         assert fetch(lab, vm, f"http://{address}:{public.port}/") == "public"
 
     def test_a_guest_never_reaches_the_hosts_loopback(
-        self, nat: tuple[Lab, str], servers: tuple[str, WebServer, WebServer]
+        self, nat: tuple[QemuHarness, str], servers: tuple[str, WebServer, WebServer]
     ) -> None:
         lab, vm = nat
         address, _, private = servers
@@ -156,7 +116,7 @@ class TestNat:
             assert fetch(lab, vm, url) != "loopback", url
 
     def test_forwards_reach_guest_ports_of_new_restored_and_found_again_vms(
-        self, nat: tuple[Lab, str]
+        self, nat: tuple[QemuHarness, str]
     ) -> None:
         lab, vm = nat
         serve = (
@@ -175,13 +135,13 @@ class TestNat:
             bodies.append(await asyncio.to_thread(_get, host, port, "/page"))
             return bodies
 
-        assert lab.run(work) == ["forwarded\n", "forwarded\n"]
+        assert run(lab, work) == ["forwarded\n", "forwarded\n"]
         # A new driver object (a restarted server) finds the forwards the QEMU has.
-        again = lab.run(lambda d: d.guest_port("net-restored", 8080))
+        again = run(lab, lambda d: d.guest_port("net-restored", 8080))
         assert _get(*again, "/page") == "forwarded\n"
 
     def test_the_restored_guest_goes_out_through_its_own_passt(
-        self, nat: tuple[Lab, str], servers: tuple[str, WebServer, WebServer]
+        self, nat: tuple[QemuHarness, str], servers: tuple[str, WebServer, WebServer]
     ) -> None:
         lab, _ = nat
         address, public, private = servers
@@ -189,22 +149,21 @@ class TestNat:
         for url in loopback_urls(address, private.port):
             assert fetch(lab, "net-restored", url) != "loopback", url
 
-    def test_passt_goes_with_its_vm(self, nat: tuple[Lab, str]) -> None:
+    def test_passt_goes_with_its_vm(self, nat: tuple[QemuHarness, str]) -> None:
         lab, _ = nat
         marker = str(lab.state_dir / "vms" / "net-restored")
         assert len(live_processes(marker, "passt")) == 1
-        lab.run(lambda d: d.delete_vm("net-restored"))
+        run(lab, lambda d: d.delete_vm("net-restored"))
         assert live_processes(marker, "passt") == []
 
 
 def test_network_none_reaches_nothing(
     tmp_path: Path, servers: tuple[str, WebServer, WebServer]
 ) -> None:
-    ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
-    lab = Lab(tmp_path, "none")
+    lab = QemuHarness(tmp_path, network="none")
     address, public, private = servers
     try:
-        lab.run(lambda d: d.create_vm("none-root", SPEC))
+        run(lab, lambda d: d.create_vm("none-root", SPEC))
         assert fetch(lab, "none-root", f"http://{address}:{public.port}/") != "public"
         for url in loopback_urls(address, private.port):
             assert fetch(lab, "none-root", url) != "loopback", url
@@ -214,8 +173,8 @@ def test_network_none_reaches_nothing(
             "mkdir -p /srv && echo forwarded > /srv/page"
             " && (nohup python3 -m http.server 8080 --directory /srv >/dev/null 2>&1 &) && sleep 1"
         )
-        lab.run(lambda d: d.exec("none-root", ExecRequest(argv=("sh", "-c", serve))))
-        forward = lab.run(lambda d: d.guest_port("none-root", 8080))
+        run(lab, lambda d: d.exec("none-root", ExecRequest(argv=("sh", "-c", serve))))
+        forward = run(lab, lambda d: d.guest_port("none-root", 8080))
         assert _get(*forward, "/page") == "forwarded\n"
     finally:
         lab.destroy()
