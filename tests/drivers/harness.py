@@ -15,7 +15,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from tests.support import live_processes
 from vers_orchestrator.drivers.base import VmDriver
@@ -53,10 +53,12 @@ class Harness(Protocol):
 class QemuHarness:
     name = "qemu"
 
-    def __init__(self, scratch: Path, network: str = "nat") -> None:
-        """`network`: the driver's guest network, "nat" or "none"."""
+    def __init__(self, scratch: Path, network: str = "nat", **settings: Any) -> None:
+        """`network`: the driver's guest network, "nat" or "none"; `settings`: other
+        fields of QemuDriverConfig."""
         ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
         self.network = network
+        self.settings = settings
         self.state_dir = scratch / "state"
         # Unix socket paths are limited to 107 bytes, pytest's tmp paths are long.
         self.runtime_dir = Path(f"/dev/shm/vers-orch-test-{secrets.token_hex(4)}")
@@ -69,6 +71,7 @@ class QemuHarness:
                 images_dir=IMAGES_DIR,
                 accelerator=os.environ.get(ACCELERATOR_VARIABLE, "auto"),
                 network=self.network,
+                **self.settings,
             )
         )
 

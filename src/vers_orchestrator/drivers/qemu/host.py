@@ -69,6 +69,10 @@ class QemuDriverConfig:
     # "nat": guests reach the outside through passt, never the host's loopback; "none":
     # guests send nothing out (`network.py`). Forwards into guests work either way.
     network: str = "nat"
+    # Commit VMs restored from commits by copying their memory while they run (stopped
+    # milliseconds instead of for the whole copy), where the copy can be trusted: under
+    # KVM, or under TCG with a QEMU that has mapped-ram (`snapshots.py`).
+    live_commits: bool = True
 
 
 # Under TCG a translated block of guest code is found again by its virtual address, so with
