@@ -1,10 +1,12 @@
 """Latency and memory of the QEMU driver on this machine.
 
-    .venv/bin/python bench/driver_bench.py [--runs 3]
+    .venv/bin/python bench/driver_bench.py [--runs 5] [--qemu BINARY ...]
 
 Boots real VMs (256 MiB, 1 vCPU) from the default image in build/images, prints a Markdown
 table for bench/README.md and writes bench/results/driver.json. Every VM is deleted at the
-end, also on failure.
+end, also on failure. With several `--qemu`, each QEMU is measured in turn, and the table
+has a column for each (`bench/debian-qemu-7.2.sh` unpacks Debian 12's QEMU 7.2 beside
+the QEMU 10 that `make install` puts on the system).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ RESULTS = REPO / "bench" / "results" / "driver.json"
 SPEC = VmSpec(mem_mib=256, vcpus=1, disk_mib=1024)
 TRUE = ExecRequest(argv=("true",))
 IDLE_SECONDS = 10.0
+GENERATIONS = 10
+# Written before the first commit of a chain and read back, guest caches dropped, in the
+# first and the last generation: reads through every disk layer of the chain.
+CHAIN_FILE_MIB = 64
 # Inside the guest, beside a commit: wake every millisecond and keep the longest step of
 # the wall clock between two wakeups. The guest's clocks stand still while its vCPUs are
 # stopped; the driver sets the wall clock right after (`Guests.set_clock`), so the stop
@@ -123,6 +129,37 @@ class Bench:
         for _ in range(count):
             await self.timed("exec `true` round trip", lambda: self.driver.exec(vm_id, TRUE))
 
+    async def generations(self, root: str) -> None:
+        """restore → commit, GENERATIONS times from one root; the first and the last
+        generation's restore → first exec, and how long a file written in the root
+        takes to read (guest caches dropped)."""
+        driver = self.driver
+        write = f"head -c {CHAIN_FILE_MIB}M /dev/urandom > /root/chain-file && sync"
+        await driver.exec(root, ExecRequest(argv=("sh", "-c", write)))
+        commit_id = self.new_id("commit")
+        await driver.commit(root, commit_id)
+        vm_id = ""
+        for generation in range(1, GENERATIONS + 1):
+            vm_id = self.new_id("generation")
+            started = time.monotonic()
+            await driver.restore(commit_id, [vm_id])
+            await driver.exec(vm_id, TRUE)
+            elapsed = time.monotonic() - started
+            if generation in (1, GENERATIONS):
+                self.record(f"generation {generation}: restore → first exec", elapsed)
+                drop = "sync && echo 3 > /proc/sys/vm/drop_caches"
+                await driver.exec(vm_id, ExecRequest(argv=("sh", "-c", drop)))
+                read = ExecRequest(argv=("sh", "-c", "cat /root/chain-file > /dev/null"))
+                started = time.monotonic()
+                await driver.exec(vm_id, read)
+                self.record(
+                    f"generation {generation}: read {CHAIN_FILE_MIB} MiB written in the root",
+                    time.monotonic() - started,
+                )
+            commit_id = self.new_id("commit")
+            await driver.commit(vm_id, commit_id)
+            await driver.delete_vm(vm_id)
+
     def memory(self, name: str, vm_ids: list[str]) -> None:
         for vm_id in vm_ids:
             pid = int((self.state_dir / "vms" / vm_id / "qemu.pid").read_text())
@@ -159,6 +196,7 @@ async def measure(runs: int, bench: Bench) -> None:
             await delete(await bench.branch(root, 1))
         for _ in range(runs):
             await delete(await bench.branch(root, 3))
+        await bench.generations(root)
         # Memory of VMs that have only idled since they were made.
         idle_branches = await bench.restore(commits[0], 3)
         await asyncio.sleep(IDLE_SECONDS)
@@ -172,23 +210,29 @@ async def measure(runs: int, bench: Bench) -> None:
         await driver.close()
 
 
-def table(samples: dict[str, list[float]]) -> str:
-    lines = ["| Measurement | median | min | max | n |", "|---|---:|---:|---:|---:|"]
-    for name, values in samples.items():
+def table(columns: dict[str, dict[str, list[float]]]) -> str:
+    """Medians (min-max) of each measurement, a column for each QEMU."""
+    names = list(dict.fromkeys(name for samples in columns.values() for name in samples))
+    lines = [
+        "| Measurement | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for name in names:
         unit = "" if "MiB" in name else " s"
-        lines.append(
-            f"| {name} | {statistics.median(values):.3f}{unit} | {min(values):.3f}{unit} "
-            f"| {max(values):.3f}{unit} | {len(values)} |"
-        )
+        cells = []
+        for samples in columns.values():
+            values = samples.get(name)
+            cells.append(
+                f"{statistics.median(values):.3f}{unit} ({min(values):.3f}-{max(values):.3f})"
+                if values
+                else "-"
+            )
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--accelerator", default="auto", choices=("auto", "kvm", "tcg"))
-    args = parser.parse_args()
-    ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr))
+def measure_qemu(binary: str, runs: int, accelerator: str) -> tuple[str, str, Bench]:
+    """One QEMU's samples; returns its version line, accelerator and the bench."""
     scratch = Path(tempfile.mkdtemp(prefix="vers-driver-bench-"))
     runtime = Path(f"/dev/shm/vo-driver-{secrets.token_hex(4)}")
     try:
@@ -197,35 +241,45 @@ def main() -> int:
                 state_dir=scratch,
                 runtime_dir=runtime,
                 images_dir=IMAGES_DIR,
-                accelerator=args.accelerator,
+                accelerator=accelerator,
+                qemu_binary=binary,
             )
         )
         bench = Bench(driver, scratch)
-        asyncio.run(measure(args.runs, bench))
+        asyncio.run(measure(runs, bench))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
         shutil.rmtree(runtime, ignore_errors=True)
-    qemu_version = subprocess.run(
-        ["qemu-system-x86_64", "--version"], capture_output=True, text=True, check=True
+    version = subprocess.run(
+        [binary, "--version"], capture_output=True, text=True, check=True
     ).stdout.splitlines()[0]
+    return version, driver.accelerator.name, bench
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--accelerator", default="auto", choices=("auto", "kvm", "tcg"))
+    parser.add_argument("--qemu", action="append", help="a QEMU binary (repeatable)")
+    args = parser.parse_args()
+    ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr))
+    columns: dict[str, dict[str, list[float]]] = {}
+    accelerator = ""
+    for binary in args.qemu or ["qemu-system-x86_64"]:
+        version, accelerator, bench = measure_qemu(binary, args.runs, args.accelerator)
+        label = version.removeprefix("QEMU emulator version ").split(" (")[0]
+        columns[f"QEMU {label}"] = bench.samples
     header = (
-        f"Accelerator: **{driver.accelerator.name}**, {qemu_version}, {platform.machine()}, "
-        f"{len(os.sched_getaffinity(0))} cores, guest 256 MiB / 1 vCPU, {args.runs} runs."
+        f"Accelerator: **{accelerator}**, {platform.machine()}, "
+        f"{len(os.sched_getaffinity(0))} cores, guest 256 MiB / 1 vCPU, {args.runs} runs; "
+        "median (min-max)."
     )
     print(header)
     print()
-    print(table(bench.samples))
+    print(table(columns))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(
-        json.dumps(
-            {
-                "accelerator": driver.accelerator.name,
-                "qemu": qemu_version,
-                "runs": args.runs,
-                "samples": bench.samples,
-            },
-            indent=2,
-        )
+        json.dumps({"accelerator": accelerator, "runs": args.runs, "samples": columns}, indent=2)
     )
     return 0
 

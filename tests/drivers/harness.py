@@ -28,6 +28,8 @@ REPO = Path(__file__).resolve().parents[2]
 # Git-ignored and kept between runs, so only the first run on a machine pays for debootstrap.
 IMAGES_DIR = REPO / "build" / "images"
 ACCELERATOR_VARIABLE = "VERS_ORCHESTRATOR_VM_ACCELERATOR"
+# Another QEMU for the driver suites, e.g. Debian 12's 7.2 from bench/debian-qemu-7.2.sh.
+QEMU_VARIABLE = "VERS_ORCHESTRATOR_TEST_QEMU"
 
 
 class Harness(Protocol):
@@ -71,6 +73,7 @@ class QemuHarness:
                 images_dir=IMAGES_DIR,
                 accelerator=os.environ.get(ACCELERATOR_VARIABLE, "auto"),
                 network=self.network,
+                qemu_binary=os.environ.get(QEMU_VARIABLE, "qemu-system-x86_64"),
                 **self.settings,
             )
         )

@@ -70,6 +70,9 @@ def qemu_argv(
         "-machine",
         "microvm,x-option-roms=off,rtc=on,pit=on,pic=on,isa-serial=on,"
         f"memory-backend={RAM_BLOCK_ID}",
+        # qboot, microvm's minimal firmware, ships with QEMU 7.2 and 10 alike; with QEMU 10
+        # the default (SeaBIOS's microvm build) never reached the kernel here.
+        "-bios", "qboot.rom",
         *accelerator.qemu_args,
         "-m", mem,
         "-smp", str(record.spec.vcpus),
