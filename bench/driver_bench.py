@@ -231,7 +231,9 @@ def table(columns: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(lines)
 
 
-def measure_qemu(binary: str, runs: int, accelerator: str) -> tuple[str, str, Bench]:
+def measure_qemu(
+    binary: str, runs: int, accelerator: str, live_commits: bool
+) -> tuple[str, str, Bench]:
     """One QEMU's samples; returns its version line, accelerator and the bench."""
     scratch = Path(tempfile.mkdtemp(prefix="vers-driver-bench-"))
     runtime = Path(f"/dev/shm/vo-driver-{secrets.token_hex(4)}")
@@ -243,6 +245,7 @@ def measure_qemu(binary: str, runs: int, accelerator: str) -> tuple[str, str, Be
                 images_dir=IMAGES_DIR,
                 accelerator=accelerator,
                 qemu_binary=binary,
+                live_commits=live_commits,
             )
         )
         bench = Bench(driver, scratch)
@@ -261,14 +264,20 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--accelerator", default="auto", choices=("auto", "kvm", "tcg"))
     parser.add_argument("--qemu", action="append", help="a QEMU binary (repeatable)")
+    parser.add_argument(
+        "--also-stopped",
+        action="store_true",
+        help="measure each QEMU also with live commits off (the VM stopped for the copy)",
+    )
     args = parser.parse_args()
     ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr))
     columns: dict[str, dict[str, list[float]]] = {}
     accelerator = ""
     for binary in args.qemu or ["qemu-system-x86_64"]:
-        version, accelerator, bench = measure_qemu(binary, args.runs, args.accelerator)
-        label = version.removeprefix("QEMU emulator version ").split(" (")[0]
-        columns[f"QEMU {label}"] = bench.samples
+        for live in (True, False) if args.also_stopped else (True,):
+            version, accelerator, bench = measure_qemu(binary, args.runs, args.accelerator, live)
+            label = version.removeprefix("QEMU emulator version ").split(" (")[0]
+            columns[f"QEMU {label}" + ("" if live else ", live commits off")] = bench.samples
     header = (
         f"Accelerator: **{accelerator}**, {platform.machine()}, "
         f"{len(os.sched_getaffinity(0))} cores, guest 256 MiB / 1 vCPU, {args.runs} runs; "

@@ -6,7 +6,10 @@ as a client sees them (official SDK, loopback):
 - `exec` round trip;
 - commit of a root VM (`POST /vm/{id}/commit`);
 - `branch_by_commit` x1 and x3 → first `exec` answered in every new VM;
-- `branch_vm` of a running VM (commit + restore) x1 and x3 → first exec in every new VM.
+- `branch_vm` of a running VM (commit + restore) x1 and x3 → first exec in every new VM;
+- commit of a VM restored from a commit;
+- a chain of ten generations (branch from a commit → commit the new VM, ten times): the
+  1st and the 10th generation's branch → first exec.
 One measurement at a time: every VM of a step is deleted before the next, since each
 extra TCG guest slows the others on two cores. Writes `bench/results/vm_api.json`.
 
@@ -38,6 +41,7 @@ from vers_sdk.models import BranchByCommitParams, BranchVmParams, CreateNewRootV
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 IMAGES_DIR = REPO / "build" / "images"
+GENERATIONS = 10
 RESULTS = REPO / "bench" / "results" / "vm_api.json"
 ROOT_CONFIG = {"vm_config": {"vcpu_count": 1, "mem_size_mib": 256, "fs_size_mib": 1024}}
 TRUE = {"command": ["true"]}
@@ -91,6 +95,27 @@ class Bench:
 
         return list(await self.timed(f"Branch x{count} from a running VM → first exec", branch))
 
+    async def commit_restored(self, commit_id: str) -> None:
+        made = await self.client.branch_by_commit(commit_id, None, BranchByCommitParams(count=1))
+        vm_id = made["vms"][0]["vm_id"]
+        await self.first_exec([vm_id])
+        await self.timed("Commit of a restored VM", lambda: self.client.commit_vm(vm_id, {}))
+        await self.delete([vm_id])
+
+    async def generations(self, commit_id: str) -> None:
+        for generation in range(1, GENERATIONS + 1):
+            started = time.perf_counter()
+            made = await self.client.branch_by_commit(
+                commit_id, None, BranchByCommitParams(count=1)
+            )
+            vm_id = made["vms"][0]["vm_id"]
+            await self.first_exec([vm_id])
+            if generation in (1, GENERATIONS):
+                name = f"Generation {generation}: branch from a commit → first exec"
+                self.samples.setdefault(name, []).append(time.perf_counter() - started)
+            commit_id = str((await self.client.commit_vm(vm_id, {}))["commit_id"])
+            await self.delete([vm_id])
+
     async def delete(self, vm_ids: list[str]) -> None:
         for vm_id in vm_ids:
             await self.client.delete_vm(vm_id)
@@ -110,6 +135,9 @@ async def measure(bench: Bench, runs: int) -> None:
         for count in (1, 3):
             for _ in range(runs):
                 await bench.delete(await bench.branch_vm(root, count))
+        for commit in commits:
+            await bench.commit_restored(commit)
+        await bench.generations(commits[0])
     finally:
         for vm in await bench.client.list_vms():
             await bench.client.delete_vm(vm["vm_id"])
