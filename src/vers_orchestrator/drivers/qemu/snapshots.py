@@ -1,26 +1,29 @@
 """Commits (frozen disk layers plus memory) and VMs restored from them.
 
-How a commit works:
+How a commit works. A VM booted here keeps its RAM in a tmpfs file mapped shared; a VM
+restored from a commit maps the commit's RAM file privately (copy-on-write), so idle
+branches share their clean pages through the page cache. Every commit has the same form
+(device state without RAM, and a sparse RAM file), so every restore is the same:
 
-* A VM booted here keeps its RAM in a tmpfs file mapped shared. A commit stops the VM,
-  freezes its disk layer (blockdev-snapshot-sync), saves CPU and device state without RAM
-  (x-ignore-shared), copies the RAM file sparsely, and continues: about 70 ms stopped for
-  a fresh 256 MiB guest under TCG.
-* A VM restored from a commit maps the commit's RAM file privately (copy-on-write), so idle
-  branches share their clean pages through the page cache. Its memory is not in a file of
-  its own, so its commit migrates the RAM over a unix socket into a helper QEMU, started
-  before the VM stops, whose RAM is a shared tmpfs file; the helper then saves device
-  state the same way as above. Every commit therefore has the same form, and every
-  restore is the same.
+* Live (where it can be trusted, below): the VM's memory is migrated, while it runs, into
+  a helper QEMU started beforehand whose RAM is a shared tmpfs file (pre-copy); QEMU then
+  stops the VM for the pages written meanwhile and its devices, and the disk layer is
+  switched inside that stop (`pause-before-switchover`), so disk and memory are of one
+  instant. Stopped 5-25 ms whatever the guest has touched (TCG, 256 MiB); the call takes
+  0.5-1 s, the whole copy. The copy reads every page, so a booted VM's RAM file is filled
+  to the guest's full size by its first commit.
+* Stopped, a VM booted here: stop, freeze the disk layer (blockdev-snapshot-sync), save
+  the device state without RAM (x-ignore-shared), copy the RAM file sparsely, continue:
+  about 40 ms for a fresh 256 MiB guest, growing with the memory it has touched (0.23 s
+  after some use).
+* Stopped, a restored VM: stop, migrate into the helper, continue (about 0.45 s).
+The helper then saves its device state the same way (x-ignore-shared).
 
-Live commits. Where it can be trusted, a restored VM's memory is copied
-while it runs (pre-copy migration) and QEMU stops it only for the pages written meanwhile
-and its devices; the disk layer is switched inside that stop (`pause-before-switchover`).
-Stopped 5-25 ms instead of about 0.4 s (TCG, 256 MiB). The copy relies on QEMU's log of
-pages the guest wrote: under TCG on QEMU 7.2 it misses writes (4 commits in 48
-restored to a kernel that crashed; none in 60 on QEMU 10.0), so under TCG it is used only
-with a QEMU that has the `mapped-ram` migration capability (9.0 and later; 7.2 lacks it,
-10.0 has it, the versions between were not measured), and always under KVM.
+The live copy relies on QEMU's log of pages the guest wrote: under TCG on QEMU 7.2 it
+misses writes (4 commits in 48 restored to a kernel that crashed; none in 60 on QEMU 10.0),
+so under TCG it is used only with a QEMU that has the `mapped-ram` migration capability
+(9.0 and later; 7.2 lacks it, 10.0 has it, the versions between were not measured), and
+always under KVM.
 
 Not used, measured here: QEMU's `background-snapshot`. It needs RAM the kernel can
 write-protect (anonymous or tmpfs, not a file on disk); QEMU 7.2 reads every page in
@@ -118,7 +121,7 @@ class Snapshots:
             await host.require_alive(vm_id)
             partial.mkdir(parents=True)
             try:
-                if record.ram_shared:
+                if record.ram_shared and not await self._live_for(vm_id):
                     frozen, pause, running = await self._commit_shared_ram(
                         record, partial, keep_paused
                     )
@@ -258,13 +261,20 @@ class Snapshots:
             await asyncio.to_thread(shutil.rmtree, helper, True)
         return frozen, pause, run_after
 
-    async def _live(self, qmp: QmpClient) -> bool:
+    async def _live_for(self, vm_id: str) -> bool:
+        if self._tcg_dirty_log_trusted is None and self._host.config.live_commits:
+            async with await self._host.qmp(vm_id) as qmp:
+                return await self._live(qmp)
+        return await self._live(None)
+
+    async def _live(self, qmp: QmpClient | None) -> bool:
         """Whether this VM's memory may be copied while it runs (see "Live commits" above)."""
         if not self._host.config.live_commits:
             return False
         if self._host.accelerator.name == "kvm":
             return True
         if self._tcg_dirty_log_trusted is None:
+            assert qmp is not None
             capabilities = await qmp.execute("query-migrate-capabilities")
             names = {entry["capability"] for entry in capabilities}
             self._tcg_dirty_log_trusted = "mapped-ram" in names
