@@ -9,9 +9,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -142,3 +144,37 @@ def test_a_commit_whose_memory_cannot_be_written_leaves_nothing(lab: QemuHarness
             await driver.delete_vm(vm)
 
     run(lab, work)
+
+
+def test_a_long_chain_is_merged_in_the_background(tmp_path: Path) -> None:
+    """Past max_chain_layers a commit's layers above the image become one; restores of it
+    see every generation's files."""
+    short = QemuHarness(tmp_path, max_chain_layers=3)
+
+    async def work(driver: QemuDriver) -> None:
+        await driver.create_vm("link-0", SPEC)
+        vm = "link-0"
+        for generation in range(1, 4):
+            await output(driver, vm, f"echo {generation} > /root/generation-{generation}")
+            await driver.commit(vm, f"link-commit-{generation}")
+            await driver.restore(f"link-commit-{generation}", [f"link-{generation}"])
+            await driver.delete_vm(vm)
+            vm = f"link-{generation}"
+        # Chains: image + 1, + 2, + 3 layers; the third is past the limit.
+        record = short.state_dir / "commits" / "link-commit-3" / "commit.json"
+        for _ in range(600):
+            if len(json.loads(record.read_text())["disk_chain"]) == 2:
+                break
+            await asyncio.sleep(0.1)
+        assert len(json.loads(record.read_text())["disk_chain"]) == 2
+        assert list((short.state_dir / "layers").glob("*.merging")) == []
+        await driver.restore("link-commit-3", ["link-merged"])
+        files = "cat /root/generation-1 /root/generation-2 /root/generation-3"
+        assert await output(driver, "link-merged", files) == "1\n2\n3\n"
+        # The VM that was running on the long chain goes on using it.
+        assert await output(driver, vm, files) == "1\n2\n3\n"
+
+    try:
+        run(short, work)
+    finally:
+        short.destroy()

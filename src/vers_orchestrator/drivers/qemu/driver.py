@@ -342,6 +342,7 @@ class QemuDriver:
         return "127.0.0.1", forwards[port]
 
     async def close(self) -> None:
+        await self._snapshots.chains.close()
         await self._guests.close()
 
     # ------------------------------------------------------------------ snapshots

@@ -73,6 +73,9 @@ class QemuDriverConfig:
     # milliseconds instead of for the whole copy), where the copy can be trusted: under
     # KVM, or under TCG with a QEMU that has mapped-ram (`snapshots.py`).
     live_commits: bool = True
+    # A commit whose disk chain is longer gets its layers above the image merged into
+    # one, in the background (`chains.py`).
+    max_chain_layers: int = 16
 
 
 # Under TCG a translated block of guest code is found again by its virtual address, so with
@@ -252,6 +255,7 @@ class VmHost:
         """Remove what operations cut short by a crash left behind; returns what went, for
         the log. Only safe while no operation runs (at start-up, before serving):
         - `commits/.<id>.partial/`: commits that were being written;
+        - `layers/*.merging`: merged layers that were being written (`chains.py`);
         - `vms/<id>/` without a `vm.json`: VMs that were being made, their QEMU stopped;
         - in the runtime directory, among the folders this state directory made (others
           may share it): commit helpers (`.helper-*`, their QEMU stopped) and the folders
@@ -264,6 +268,9 @@ class VmHost:
         """
         removed: list[str] = []
         layout = self.layout
+        for merging in layout.layers.glob("*.merging"):
+            merging.unlink(missing_ok=True)
+            removed.append(f"unfinished merged layer {merging.name}")
         for partial in layout.commits.glob(".*.partial"):
             await asyncio.to_thread(shutil.rmtree, partial, True)
             removed.append(f"unfinished commit {partial.name}")
@@ -303,7 +310,7 @@ class VmHost:
                 if asyncio.get_running_loop().time() > deadline:
                     raise DriverError(f"VM {vm_id} stays in finish-migrate")
                 await asyncio.sleep(0.05)
-            # As a commit ends (`snapshots._settle`): `cont` takes the disks back.
+            # As a commit ends (`migration.settle`): `cont` takes the disks back.
             await qmp.execute("cont")
             await qmp.execute("stop")
         self._states[vm_id] = VmState.PAUSED

@@ -40,13 +40,12 @@ clock, fresh RNG state, its own hostname and SSH host keys, and its own SSH port
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import shlex
 import shutil
 import socket
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,12 +54,13 @@ from vers_orchestrator.drivers.base import (
     CommitAlreadyExists,
     CommitInfo,
     CommitNotFound,
-    DriverError,
     InvalidRequest,
     VmAlreadyExists,
     VmInfo,
     VmState,
 )
+from vers_orchestrator.drivers.qemu import migration
+from vers_orchestrator.drivers.qemu.chains import ChainMerger
 from vers_orchestrator.drivers.qemu.guest import AGENT_TIMEOUT_SECONDS, Guests
 from vers_orchestrator.drivers.qemu.host import VmHost, check_id, is_running
 from vers_orchestrator.drivers.qemu.layout import (
@@ -83,16 +83,6 @@ from vers_orchestrator.drivers.qemu.qmp import QmpClient
 
 log = logging.getLogger(__name__)
 
-MIB = 1024 * 1024
-# 7.2 throttles migration to 128 MiB/s by default, which would stretch every commit's pause.
-MIGRATION_BANDWIDTH = 100 * 1024 * MIB
-MIGRATION_TIMEOUT_SECONDS = 300.0
-# A live commit: the longest stop QEMU may plan for while the guest runs (ms), and how
-# long the copy may go on before a longer stop is allowed.
-DOWNTIME_LIMIT_MS = 5
-CONVERGE_SECONDS = 3.0
-FORCED_DOWNTIME_LIMIT_MS = 60_000
-
 
 def commit_info(record: CommitRecord) -> CommitInfo:
     return CommitInfo(
@@ -108,6 +98,7 @@ class Snapshots:
         self._host = host
         self._guests = guests
         self._tcg_dirty_log_trusted: bool | None = None
+        self.chains = ChainMerger(host)
 
     async def commit(self, vm_id: str, commit_id: str, *, keep_paused: bool) -> CommitInfo:
         host = self._host
@@ -155,6 +146,7 @@ class Snapshots:
         if running:
             await self._guests.set_clock(vm_id)
         log.info("committed VM %s as %s (paused %.3f s)", vm_id, commit_id, pause)
+        self.chains.after_commit(commit)
         return commit_info(commit)
 
     @staticmethod
@@ -174,12 +166,12 @@ class Snapshots:
             run_after = was_running and not keep_paused
             try:
                 frozen = await self._freeze_disk(qmp, record)
-                await _migrate(
+                await migration.migrate(
                     qmp, f"exec:cat > {shlex.quote(str(partial / 'device.state'))}", True
                 )
                 await run("cp", "--sparse=always", record.ram_path, str(partial / "ram"))
             finally:
-                await _settle(qmp, run=run_after)
+                await migration.settle(qmp, run=run_after)
                 host.remember(record.vm_id, VmState.RUNNING if run_after else VmState.PAUSED)
             return frozen, time.monotonic() - stopped_at, run_after
 
@@ -227,7 +219,7 @@ class Snapshots:
             )
             await launch(argv, helper / "launch.err", f"the commit of {record.vm_id}", fds)
             async with await QmpClient.connect(qmp_socket(helper)) as helper_qmp:
-                await _set_ignore_shared(helper_qmp, False)
+                await migration.set_ignore_shared(helper_qmp, False)
                 await helper_qmp.execute("migrate-incoming", {"uri": uri})
                 async with (
                     self._guests.quiesced(record.vm_id),
@@ -236,21 +228,21 @@ class Snapshots:
                     run_after = await is_running(qmp) and not keep_paused
                     try:
                         if await self._live(qmp):
-                            stopped_at, frozen = await _migrate_live(
+                            stopped_at, frozen = await migration.migrate_live(
                                 qmp, uri, lambda: self._freeze_disk(qmp, record)
                             )
                         else:
                             _, stopped_at = await self._stop(qmp)
                             frozen = await self._freeze_disk(qmp, record)
-                            await _migrate(qmp, uri, False)
+                            await migration.migrate(qmp, uri, False)
                     finally:
-                        await _settle(qmp, run=run_after)
+                        await migration.settle(qmp, run=run_after)
                         host.remember(
                             record.vm_id, VmState.RUNNING if run_after else VmState.PAUSED
                         )
                     pause = time.monotonic() - stopped_at
-                await _wait_for_migration(helper_qmp)
-                await _migrate(
+                await migration.wait_for_migration(helper_qmp)
+                await migration.migrate(
                     helper_qmp, f"exec:cat > {shlex.quote(str(partial / 'device.state'))}", True
                 )
             await run("cp", "--sparse=always", str(helper / "ram"), str(partial / "ram"))
@@ -365,10 +357,10 @@ class Snapshots:
                 )  # fmt: skip
                 await host.launch_vm(record, incoming=True)
                 async with await host.qmp(vm_id) as qmp:
-                    await _set_ignore_shared(qmp, True)
+                    await migration.set_ignore_shared(qmp, True)
                     state_file = shlex.quote(str(commit_dir / "device.state"))
                     await qmp.execute("migrate-incoming", {"uri": f"exec:cat {state_file}"})
-                    await _wait_for_migration(qmp)
+                    await migration.wait_for_migration(qmp)
                     await qmp.execute("cont")
                 host.remember(vm_id, VmState.RUNNING)
                 connection = await self._guests.connect(vm_id, AGENT_TIMEOUT_SECONDS)
@@ -399,112 +391,3 @@ class Snapshots:
             commit_info(CommitRecord.from_json(read_json(path)))
             for path in sorted(self._host.layout.commits.glob("*/commit.json"))
         ]
-
-
-async def _set_ignore_shared(
-    qmp: QmpClient, enabled: bool, *, pause_before_switchover: bool = False
-) -> None:
-    # Both ends must agree: with it on, the stream also carries each RAM block's address.
-    # Capabilities outlast a migration, so each one states the pause it wants too.
-    await qmp.execute(
-        "migrate-set-capabilities",
-        {
-            "capabilities": [
-                {"capability": "x-ignore-shared", "state": enabled},
-                {"capability": "pause-before-switchover", "state": pause_before_switchover},
-            ]
-        },
-    )
-
-
-async def _migrate(qmp: QmpClient, uri: str, ignore_shared: bool) -> None:
-    await _set_ignore_shared(qmp, ignore_shared)
-    await qmp.execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH})
-    await qmp.execute("migrate", {"uri": uri})
-    await _wait_for_migration(qmp)
-
-
-async def _migrate_live(
-    qmp: QmpClient, uri: str, freeze_disk: Callable[[], Awaitable[tuple[str, ...]]]
-) -> tuple[float, tuple[str, ...]]:
-    """Copy a VM's memory to `uri` while it runs (pre-copy); QEMU then stops it for the
-    pages written meanwhile and its devices. The disk layer is switched inside that stop
-    (`pause-before-switchover`), so disk and memory are of the same instant. Returns when
-    the stop began (time.monotonic(), seen within a poll) and the frozen disk chain; the
-    caller continues the VM. Raises DriverError when the migration fails.
-
-    A guest that writes memory faster than it is copied would never let the copy end:
-    after CONVERGE_SECONDS the planned stop may be as long as the rest takes.
-    """
-    await _set_ignore_shared(qmp, False, pause_before_switchover=True)
-    await qmp.execute(
-        "migrate-set-parameters",
-        {"max-bandwidth": MIGRATION_BANDWIDTH, "downtime-limit": DOWNTIME_LIMIT_MS},
-    )
-    await qmp.execute("migrate", {"uri": uri})
-    started = time.monotonic()
-    forced = False
-    try:
-        while True:
-            info = await qmp.execute("query-migrate")
-            status = info.get("status")
-            if status == "pre-switchover":
-                break
-            if status in ("failed", "cancelled", "completed"):
-                raise DriverError(f"migration {status}: {info.get('error-desc', 'no details')}")
-            waited = time.monotonic() - started
-            if waited > CONVERGE_SECONDS and not forced:
-                log.warning("a live commit did not converge in %g s: stopping longer", waited)
-                await qmp.execute(
-                    "migrate-set-parameters", {"downtime-limit": FORCED_DOWNTIME_LIMIT_MS}
-                )
-                forced = True
-            if waited > MIGRATION_TIMEOUT_SECONDS:
-                raise DriverError(
-                    f"migration did not finish within {MIGRATION_TIMEOUT_SECONDS:g} s"
-                )
-            await asyncio.sleep(0.002)
-        stopped_at = time.monotonic()
-        frozen = await freeze_disk()
-        await qmp.execute("migrate-continue", {"state": "pre-switchover"})
-        await _wait_for_migration(qmp)
-    except BaseException:
-        with contextlib.suppress(DriverError):
-            await qmp.execute("migrate_cancel")
-            await _wait_for_end(qmp)
-        raise
-    return stopped_at, frozen
-
-
-async def _wait_for_end(qmp: QmpClient) -> None:
-    """Until a cancelled migration has ended, so that the VM can be continued."""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        if (await qmp.execute("query-migrate")).get("status") not in ("cancelling", "active"):
-            return
-        await asyncio.sleep(0.01)
-
-
-async def _wait_for_migration(qmp: QmpClient) -> None:
-    deadline = time.monotonic() + MIGRATION_TIMEOUT_SECONDS
-    while time.monotonic() < deadline:
-        info = await qmp.execute("query-migrate")
-        status = info.get("status")
-        if status == "completed":
-            return
-        if status in ("failed", "cancelled"):
-            raise DriverError(f"migration {status}: {info.get('error-desc', 'no details')}")
-        await asyncio.sleep(0.005)
-    raise DriverError(f"migration did not finish within {MIGRATION_TIMEOUT_SECONDS:g} s")
-
-
-async def _settle(qmp: QmpClient, *, run: bool) -> None:
-    """Leave a just-migrated VM running or paused.
-
-    A completed migration hands the disks over to the destination; only `cont` takes them
-    back, so a VM that should stay paused is continued and stopped again at once (it runs
-    for about a millisecond).
-    """
-    await qmp.execute("cont")
-    if not run:
-        await qmp.execute("stop")
