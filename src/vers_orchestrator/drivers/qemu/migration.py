@@ -91,7 +91,8 @@ async def migrate_live(
         stopped_at = time.monotonic()
         frozen = await freeze_disk()
         await qmp.execute("migrate-continue", {"state": "pre-switchover"})
-        await wait_for_migration(qmp)
+        # The VM is stopped until this returns: look often.
+        await wait_for_migration(qmp, poll_seconds=0.001)
     except BaseException:
         with contextlib.suppress(DriverError):
             await qmp.execute("migrate_cancel")
@@ -109,7 +110,9 @@ async def _wait_for_end(qmp: QmpClient) -> None:
         await asyncio.sleep(0.01)
 
 
-async def wait_for_migration(qmp: QmpClient) -> None:
+async def wait_for_migration(qmp: QmpClient, poll_seconds: float = 0.005) -> None:
+    """Until the migration has completed; raises DriverError when it failed, was
+    cancelled or took MIGRATION_TIMEOUT_SECONDS."""
     deadline = time.monotonic() + MIGRATION_TIMEOUT_SECONDS
     while time.monotonic() < deadline:
         info = await qmp.execute("query-migrate")
@@ -118,7 +121,7 @@ async def wait_for_migration(qmp: QmpClient) -> None:
             return
         if status in ("failed", "cancelled"):
             raise DriverError(f"migration {status}: {info.get('error-desc', 'no details')}")
-        await asyncio.sleep(0.005)
+        await asyncio.sleep(poll_seconds)
     raise DriverError(f"migration did not finish within {MIGRATION_TIMEOUT_SECONDS:g} s")
 
 
