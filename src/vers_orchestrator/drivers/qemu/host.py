@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import re
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from vers_orchestrator.drivers.base import (
@@ -261,6 +261,7 @@ class VmHost:
           may share it): commit helpers (`.helper-*`, their QEMU stopped) and the folders
           of VMs that have no record or whose QEMU is gone (a dead VM's RAM file would
           hold tmpfs memory for nothing);
+        - a disk layer a VM's record names but a crash kept QEMU from making;
         - a VM left stopped by a commit's migration (QEMU's `postmigrate`: its disks are
           handed over and the next commit could not migrate it) is made an ordinary paused
           VM again; the caller decides whether it runs;
@@ -294,10 +295,29 @@ class VmHost:
             removed.append(f"runtime folder {name}")
         for record_path in layout.vms.glob("*/vm.json"):
             vm_id = record_path.parent.name
+            if self._drop_unmade_layers(vm_id):
+                removed.append(f"a disk layer of VM {vm_id} that was never made")
             if self.pid(vm_id) is not None and await self._take_back_from_migration(vm_id):
                 removed.append(f"the migration state of VM {vm_id}")
         await self.collect_files()
         return removed
+
+    def _drop_unmade_layers(self, vm_id: str) -> bool:
+        """A commit records the VM's next layer before QEMU makes it (`_freeze_disk`); a
+        crash in between leaves the record naming a file that does not exist, and the
+        next commit would freeze a chain nothing can open. QEMU still writes to the layer
+        below it, which becomes the top again."""
+        try:
+            record = self.load_vm(vm_id)
+        except VmNotFound:
+            return False
+        chain = record.disk_chain
+        while len(chain) > 1 and not Path(chain[-1]).exists():
+            chain = chain[:-1]
+        if chain == record.disk_chain:
+            return False
+        self.save_vm(replace(record, disk_chain=chain))
+        return True
 
     async def _take_back_from_migration(self, vm_id: str) -> bool:
         async with await self.qmp(vm_id) as qmp:

@@ -143,8 +143,10 @@ class Snapshots:
             except BaseException:
                 await asyncio.to_thread(shutil.rmtree, partial, True)
                 raise
-        if running:
-            await self._guests.set_clock(vm_id)
+            # Under the VM's lock: a pause that came meanwhile would make the guest agent
+            # unable to answer (the hostile pass saw a commit wait 5 s for it).
+            if running:
+                await self._guests.set_clock(vm_id)
         log.info("committed VM %s as %s (paused %.3f s)", vm_id, commit_id, pause)
         self.chains.after_commit(commit)
         return commit_info(commit)
