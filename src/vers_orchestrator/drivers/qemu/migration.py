@@ -98,6 +98,11 @@ async def migrate_live(
             await qmp.execute("migrate_cancel")
             await _wait_for_end(qmp)
         raise
+    finally:
+        # Capabilities outlast the migration: any later one (ours states its own, but a
+        # tool's or an operator's by hand) would otherwise wait at the switchover.
+        with contextlib.suppress(DriverError):
+            await set_ignore_shared(qmp, False)
     return stopped_at, frozen
 
 
