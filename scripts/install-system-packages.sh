@@ -24,7 +24,8 @@ done
 # to (src/vers_orchestrator/drivers/qemu/snapshots.py). Debian 12 ships 7.2, its
 # backports 10.0. Only QEMU's own packages (and the SeaBIOS it needs) come from there;
 # where backports cannot be reached, 7.2 stays and works, stopping VMs longer to commit.
-QEMU_PACKAGES="qemu-system-x86 qemu-system-common qemu-system-data qemu-system-gui qemu-utils qemu-block-extra seabios"
+# Every qemu-* package: another emulator of 7.2 left unpinned would be removed.
+QEMU_PACKAGES="qemu-* seabios"
 BACKPORTS_SOURCE=/etc/apt/sources.list.d/vers-orchestrator-backports.sources
 BACKPORTS_PIN=/etc/apt/preferences.d/vers-orchestrator-qemu
 
@@ -61,7 +62,8 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 if [ $upgrade_qemu -eq 1 ]; then
     use_backports_qemu
-    if apt-get update -qq && apt-get install -y -qq --no-install-recommends qemu-system-x86 qemu-utils >&2; then
+    if apt-get update -qq &&
+        apt-get install -y -qq --no-install-recommends --no-remove qemu-system-x86 qemu-utils >&2; then
         echo "QEMU: $(qemu-system-x86_64 --version | head -1)" >&2
     else
         echo "QEMU 10 from bookworm-backports could not be installed; keeping Debian's QEMU" >&2
