@@ -20,7 +20,7 @@ for package in "${packages[@]}"; do
         || missing+=("$package")
 done
 
-# QEMU 10 copies a restored VM's memory while it runs; under TCG, 7.2 cannot be trusted
+# QEMU 10 copies a VM's memory while it runs to commit it; under TCG, 7.2 cannot be trusted
 # to (src/vers_orchestrator/drivers/qemu/snapshots.py). Debian 12 ships 7.2, its
 # backports 10.0. Only QEMU's own packages (and the SeaBIOS it needs) come from there;
 # where backports cannot be reached, 7.2 stays and works, stopping VMs longer to commit.

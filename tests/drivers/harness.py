@@ -55,11 +55,10 @@ class Harness(Protocol):
 class QemuHarness:
     name = "qemu"
 
-    def __init__(self, scratch: Path, network: str = "nat", **settings: Any) -> None:
-        """`network`: the driver's guest network, "nat" or "none"; `settings`: other
-        fields of QemuDriverConfig."""
+    def __init__(self, scratch: Path, **settings: Any) -> None:
+        """`settings`: fields of QemuDriverConfig other than the paths and the QEMU
+        (`network="none"`, `max_chain_layers=3` …)."""
         ensure_default_image(IMAGES_DIR, lambda line: print(line, file=sys.stderr, flush=True))
-        self.network = network
         self.settings = settings
         self.state_dir = scratch / "state"
         # Unix socket paths are limited to 107 bytes, pytest's tmp paths are long.
@@ -72,7 +71,6 @@ class QemuHarness:
                 runtime_dir=self.runtime_dir,
                 images_dir=IMAGES_DIR,
                 accelerator=os.environ.get(ACCELERATOR_VARIABLE, "auto"),
-                network=self.network,
                 qemu_binary=os.environ.get(QEMU_VARIABLE, "qemu-system-x86_64"),
                 **self.settings,
             )

@@ -18,13 +18,10 @@ from dataclasses import replace
 
 from vers_orchestrator.drivers.base import CommitNotFound, DriverError
 from vers_orchestrator.drivers.qemu.host import VmHost
-from vers_orchestrator.drivers.qemu.layout import CommitRecord, write_json
+from vers_orchestrator.drivers.qemu.layout import MERGING_SUFFIX, CommitRecord, write_json
 from vers_orchestrator.drivers.qemu.machine import run
 
 log = logging.getLogger(__name__)
-
-# A layer being written by a merge; not `*.qcow2`, so layer collection leaves it alone.
-MERGING_SUFFIX = ".merging"
 
 
 class ChainMerger:
@@ -41,7 +38,7 @@ class ChainMerger:
         task.add_done_callback(self._tasks.discard)
 
     async def wait(self) -> None:
-        """Until the merges started so far have ended (for tests and benchmarks)."""
+        """Until the merges started so far have ended."""
         while self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -60,10 +57,11 @@ class ChainMerger:
         merged = host.layout.new_layer()
         staged = merged.with_name(merged.name + MERGING_SUFFIX)
         try:
-            # Everything above the image, in one layer that reads the image beneath it.
+            # Everything above the image, in one layer that reads the image beneath it
+            # (a raw file system, as a new VM's first layer reads it: QemuDriver.create_vm).
             await run(
                 "qemu-img", "convert", "-q", "-O", "qcow2",
-                "-B", base, "-F", _format(base), top, str(staged),
+                "-B", base, "-F", "raw", top, str(staged),
             )  # fmt: skip
             async with host.files_lock:
                 try:
@@ -83,7 +81,3 @@ class ChainMerger:
             staged.unlink(missing_ok=True)
         # The old layers are left to the next collection (a deletion's): a restore may be
         # between reading the old chain and recording its VM.
-
-
-def _format(path: str) -> str:
-    return "qcow2" if path.endswith(".qcow2") else "raw"

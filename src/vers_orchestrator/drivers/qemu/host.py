@@ -27,6 +27,7 @@ from vers_orchestrator.drivers.base import (
 )
 from vers_orchestrator.drivers.qemu.accelerator import Accelerator, choose_accelerator
 from vers_orchestrator.drivers.qemu.layout import (
+    MERGING_SUFFIX,
     CommitRecord,
     Layout,
     VmRecord,
@@ -69,9 +70,9 @@ class QemuDriverConfig:
     # "nat": guests reach the outside through passt, never the host's loopback; "none":
     # guests send nothing out (`network.py`). Forwards into guests work either way.
     network: str = "nat"
-    # Commit VMs restored from commits by copying their memory while they run (stopped
-    # milliseconds instead of for the whole copy), where the copy can be trusted: under
-    # KVM, or under TCG with a QEMU that has mapped-ram (`snapshots.py`).
+    # Commit VMs by copying their memory while they run (stopped milliseconds instead of
+    # for the whole copy), where the copy can be trusted: under KVM, or under TCG with a
+    # QEMU that has mapped-ram (`snapshots.py`).
     live_commits: bool = True
     # A commit whose disk chain is longer gets its layers above the image merged into
     # one, in the background (`chains.py`).
@@ -269,7 +270,7 @@ class VmHost:
         """
         removed: list[str] = []
         layout = self.layout
-        for merging in layout.layers.glob("*.merging"):
+        for merging in layout.layers.glob(f"*{MERGING_SUFFIX}"):
             merging.unlink(missing_ok=True)
             removed.append(f"unfinished merged layer {merging.name}")
         for partial in layout.commits.glob(".*.partial"):

@@ -46,6 +46,9 @@ from vers_orchestrator.drivers.base import DriverError, VmSpec
 VERS_AGENT = "vers-agent"
 # In each runtime folder: the state directory of the server that made it.
 RUNTIME_OWNER = "state-dir"
+# A layer being written by a merge (`chains.py`); not `*.qcow2`, so layer collection
+# leaves it alone, and start-up removes it.
+MERGING_SUFFIX = ".merging"
 QEMU_GA = "qemu-ga"
 
 

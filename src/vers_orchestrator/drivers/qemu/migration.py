@@ -25,16 +25,17 @@ CONVERGE_SECONDS = 3.0
 FORCED_DOWNTIME_LIMIT_MS = 60_000
 
 
-async def set_ignore_shared(
-    qmp: QmpClient, enabled: bool, *, pause_before_switchover: bool = False
+async def set_capabilities(
+    qmp: QmpClient, *, ignore_shared: bool, pause_before_switchover: bool = False
 ) -> None:
-    # Both ends must agree: with it on, the stream also carries each RAM block's address.
-    # Capabilities outlast a migration, so each one states the pause it wants too.
+    """The capabilities a migration depends on. Both ends must agree on `x-ignore-shared`
+    (with it on, the stream also carries each RAM block's address); capabilities outlast
+    a migration, so each one states the pause it wants too."""
     await qmp.execute(
         "migrate-set-capabilities",
         {
             "capabilities": [
-                {"capability": "x-ignore-shared", "state": enabled},
+                {"capability": "x-ignore-shared", "state": ignore_shared},
                 {"capability": "pause-before-switchover", "state": pause_before_switchover},
             ]
         },
@@ -42,7 +43,7 @@ async def set_ignore_shared(
 
 
 async def migrate(qmp: QmpClient, uri: str, ignore_shared: bool) -> None:
-    await set_ignore_shared(qmp, ignore_shared)
+    await set_capabilities(qmp, ignore_shared=ignore_shared)
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": MIGRATION_BANDWIDTH})
     await qmp.execute("migrate", {"uri": uri})
     await wait_for_migration(qmp)
@@ -60,7 +61,7 @@ async def migrate_live(
     A guest that writes memory faster than it is copied would never let the copy end:
     after CONVERGE_SECONDS the planned stop may be as long as the rest takes.
     """
-    await set_ignore_shared(qmp, False, pause_before_switchover=True)
+    await set_capabilities(qmp, ignore_shared=False, pause_before_switchover=True)
     await qmp.execute(
         "migrate-set-parameters",
         {"max-bandwidth": MIGRATION_BANDWIDTH, "downtime-limit": DOWNTIME_LIMIT_MS},
@@ -102,7 +103,7 @@ async def migrate_live(
         # Capabilities outlast the migration: any later one (ours states its own, but a
         # tool's or an operator's by hand) would otherwise wait at the switchover.
         with contextlib.suppress(DriverError):
-            await set_ignore_shared(qmp, False)
+            await set_capabilities(qmp, ignore_shared=False)
     return stopped_at, frozen
 
 

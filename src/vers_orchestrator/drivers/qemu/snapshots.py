@@ -112,13 +112,14 @@ class Snapshots:
             await host.require_alive(vm_id)
             partial.mkdir(parents=True)
             try:
-                if record.ram_shared and not await self._live_for(vm_id):
+                live = await self._live(vm_id)
+                if record.ram_shared and not live:
                     frozen, pause, running = await self._commit_shared_ram(
                         record, partial, keep_paused
                     )
                 else:
                     frozen, pause, running = await self._commit_through_helper(
-                        record, partial, keep_paused
+                        record, partial, keep_paused, live=live
                     )
                 commit = CommitRecord(
                     commit_id=commit_id,
@@ -178,7 +179,7 @@ class Snapshots:
             return frozen, time.monotonic() - stopped_at, run_after
 
     async def _commit_through_helper(
-        self, record: VmRecord, partial: Path, keep_paused: bool
+        self, record: VmRecord, partial: Path, keep_paused: bool, *, live: bool
     ) -> tuple[tuple[str, ...], float, bool]:
         host = self._host
         helper = host.layout.make_runtime(
@@ -221,7 +222,7 @@ class Snapshots:
             )
             await launch(argv, helper / "launch.err", f"the commit of {record.vm_id}", fds)
             async with await QmpClient.connect(qmp_socket(helper)) as helper_qmp:
-                await migration.set_ignore_shared(helper_qmp, False)
+                await migration.set_capabilities(helper_qmp, ignore_shared=False)
                 await helper_qmp.execute("migrate-incoming", {"uri": uri})
                 async with (
                     self._guests.quiesced(record.vm_id),
@@ -229,7 +230,7 @@ class Snapshots:
                 ):
                     run_after = await is_running(qmp) and not keep_paused
                     try:
-                        if await self._live(qmp):
+                        if live:
                             stopped_at, frozen = await migration.migrate_live(
                                 qmp, uri, lambda: self._freeze_disk(qmp, record)
                             )
@@ -255,21 +256,16 @@ class Snapshots:
             await asyncio.to_thread(shutil.rmtree, helper, True)
         return frozen, pause, run_after
 
-    async def _live_for(self, vm_id: str) -> bool:
-        if self._tcg_dirty_log_trusted is None and self._host.config.live_commits:
-            async with await self._host.qmp(vm_id) as qmp:
-                return await self._live(qmp)
-        return await self._live(None)
-
-    async def _live(self, qmp: QmpClient | None) -> bool:
-        """Whether this VM's memory may be copied while it runs (see "Live commits" above)."""
+    async def _live(self, vm_id: str) -> bool:
+        """Whether this VM's memory may be copied while it runs (the module's docstring).
+        Under TCG the VM's QEMU is asked once for its migration capabilities."""
         if not self._host.config.live_commits:
             return False
         if self._host.accelerator.name == "kvm":
             return True
         if self._tcg_dirty_log_trusted is None:
-            assert qmp is not None
-            capabilities = await qmp.execute("query-migrate-capabilities")
+            async with await self._host.qmp(vm_id) as qmp:
+                capabilities = await qmp.execute("query-migrate-capabilities")
             names = {entry["capability"] for entry in capabilities}
             self._tcg_dirty_log_trusted = "mapped-ram" in names
         return self._tcg_dirty_log_trusted
@@ -359,7 +355,7 @@ class Snapshots:
                 )  # fmt: skip
                 await host.launch_vm(record, incoming=True)
                 async with await host.qmp(vm_id) as qmp:
-                    await migration.set_ignore_shared(qmp, True)
+                    await migration.set_capabilities(qmp, ignore_shared=True)
                     state_file = shlex.quote(str(commit_dir / "device.state"))
                     await qmp.execute("migrate-incoming", {"uri": f"exec:cat {state_file}"})
                     await migration.wait_for_migration(qmp)
